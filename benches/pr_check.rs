@@ -1,0 +1,130 @@
+//! Daemon overhead on a PR check: bare `terraform init && terraform plan` on a
+//! workspace vs. the daemon's webhook-to-final-status time for the same change
+//! (warm mirror). Run with `scripts/bench-pr-check`; prints medians.
+
+#[path = "../tests/it/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::origin::{null_config, standard_files};
+use support::*;
+
+const ROUNDS: usize = 7;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Bare `init && plan` (and, with `show`, the `show -json` the daemon also runs).
+fn bare_terraform(env: &TestEnv, round: usize, show: bool) -> Duration {
+    let dir = env.dir.path().join(format!("bare-{round}-{show}"));
+    write_file(
+        &dir.join("main.tf"),
+        &null_config(&format!("bench-{round}")),
+    );
+    let cache = env.dir.path().join("bare-plugin-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(terraform_bin())
+            .args(args)
+            .current_dir(&dir)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_PLUGIN_CACHE_DIR", &cache)
+            .env("TF_CLI_CONFIG_FILE", terraform_rc())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let start = Instant::now();
+    run(&["init", "-input=false", "-no-color"]);
+    run(&["plan", "-input=false", "-no-color", "-out=plan.tfplan"]);
+    if show {
+        run(&["show", "-json", "plan.tfplan"]);
+    }
+    start.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let mut files = standard_files();
+    let base = env
+        .origin
+        .commit(&files, &[], "initial", &["refs/heads/main"]);
+    let yaml = env.config_yaml(
+        TestEnv::standard_workspaces(),
+        4,
+        "127.0.0.1:0",
+        &terraform_bin(),
+    );
+    let app = env.spawn_app(&yaml).await;
+
+    // Warm-up: fills the mirror and the plugin cache, like a daemon that has run before.
+    let mut parent = base;
+    let mut daemon = Vec::new();
+    for round in 0..=ROUNDS {
+        files.insert("dns/main.tf".into(), null_config(&format!("round-{round}")));
+        let head = env
+            .origin
+            .commit(&files, &[parent], "bench", &["refs/pull/7/head"]);
+        parent = head;
+        let action = if round == 0 { "opened" } else { "synchronize" };
+        let body = pr_payload(action, &head.to_string(), &base.to_string());
+        let start = Instant::now();
+        let resp = app
+            .send_webhook("pull_request", &format!("bench-{round}"), &body)
+            .await;
+        assert_eq!(resp.status(), 202);
+        let sha = head.to_string();
+        wait_until(Duration::from_secs(120), || async {
+            env.github
+                .statuses(&sha)
+                .iter()
+                .any(|s| s["context"] == "gantry/dns" && s["state"] != "pending")
+                .then_some(())
+        })
+        .await;
+        if round > 0 {
+            daemon.push(start.elapsed());
+        }
+    }
+    let bare: Vec<Duration> = (0..ROUNDS)
+        .map(|r| bare_terraform(&env, r, false))
+        .collect();
+    let bare_show: Vec<Duration> = (0..ROUNDS).map(|r| bare_terraform(&env, r, true)).collect();
+    let (bare, bare_show, daemon) = (median(bare), median(bare_show), median(daemon));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "pr-check benchmark ({ROUNDS} rounds, medians, one null_resource workspace, warm mirror)"
+    );
+    println!(
+        "  bare terraform init + plan:              {:>7.1} ms",
+        ms(bare)
+    );
+    println!(
+        "  bare terraform init + plan + show -json: {:>7.1} ms",
+        ms(bare_show)
+    );
+    println!(
+        "  daemon webhook -> final status:          {:>7.1} ms",
+        ms(daemon)
+    );
+    println!(
+        "  daemon overhead vs init + plan:          {:>7.1} ms  (goal: < 150 ms)",
+        ms(daemon) - ms(bare)
+    );
+    println!(
+        "  gantry's own share (vs init+plan+show):  {:>7.1} ms",
+        ms(daemon) - ms(bare_show)
+    );
+    app.stop().await;
+}

@@ -1,0 +1,219 @@
+//! The application: everything `gantry serve` runs, built from a config so tests
+//! build the very same thing on port 0.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SharedConfig};
+use crate::git::Mirrors;
+use crate::store::Store;
+use crate::vcs::Providers;
+
+/// How long a claim on a run or event lasts without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// One lock per pull request: (provider id, repository, number).
+type CommentLocks = Mutex<HashMap<(String, String, i64), Arc<tokio::sync::Mutex<()>>>>;
+
+/// Shared by the HTTP handlers, the dispatcher and the workers.
+pub struct Ctx {
+    pub config: SharedConfig,
+    pub providers: ArcSwap<Providers>,
+    pub store: Store,
+    pub mirrors: Mirrors,
+    pub env: EnvFn,
+    /// Wakes the workers when runs were queued.
+    pub runs_queued: Notify,
+    /// Wakes the dispatcher when an event was stored.
+    pub events_stored: Notify,
+    /// Serializes comment updates per pull request in this process.
+    comment_locks: CommentLocks,
+    /// Policy groups loaded by this process.
+    pub policy_groups: crate::policy::groups::PolicyGroups,
+    /// Cancel tokens of the runs this process is executing.
+    running: Mutex<HashMap<i64, CancellationToken>>,
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn comment_lock(&self, provider: &str, repo: &str, pr: i64) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .comment_locks
+            .lock()
+            .expect("comment lock map poisoned");
+        locks
+            .entry((provider.to_string(), repo.to_string(), pr))
+            .or_default()
+            .clone()
+    }
+
+    pub fn register_run(&self, run_id: i64, cancel: CancellationToken) {
+        self.running
+            .lock()
+            .expect("running map poisoned")
+            .insert(run_id, cancel);
+    }
+
+    pub fn unregister_run(&self, run_id: i64) {
+        self.running
+            .lock()
+            .expect("running map poisoned")
+            .remove(&run_id);
+    }
+
+    /// Stops a run this process is executing (its terraform gets SIGINT, then
+    /// SIGKILL). Runs held by other replicas stop at their next heartbeat.
+    pub fn cancel_local_run(&self, run_id: i64) -> bool {
+        match self
+            .running
+            .lock()
+            .expect("running map poisoned")
+            .get(&run_id)
+        {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A link to a run for statuses, when `public_url` is configured.
+    pub fn run_url(&self, run_id: i64) -> Option<String> {
+        self.config()
+            .public_url
+            .as_ref()
+            .map(|u| format!("{u}/api/runs/{run_id}"))
+    }
+
+    /// Swaps in a new configuration (hot reload).
+    pub fn apply_config(&self, config: Config) -> anyhow::Result<()> {
+        let providers = Providers::from_config(&config)?;
+        self.providers.store(Arc::new(providers));
+        self.config.store(Arc::new(config));
+        self.runs_queued.notify_one();
+        Ok(())
+    }
+}
+
+pub struct App {
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    watch_config: bool,
+}
+
+impl App {
+    /// Connects the database, runs migrations, binds the listener.
+    pub async fn build(config: Config, env: EnvFn) -> anyhow::Result<App> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+        let pg_connections = (config.concurrency as u32)
+            .saturating_mul(2)
+            .saturating_add(8);
+        let store = Store::connect_sized(&config.database_url, pg_connections).await?;
+        store.migrate().await?;
+        let providers = Providers::from_config(&config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let ctx = Arc::new(Ctx {
+            mirrors: Mirrors::new(&config.data_dir),
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            providers: ArcSwap::from_pointee(providers),
+            store,
+            env,
+            runs_queued: Notify::new(),
+            events_stored: Notify::new(),
+            comment_locks: Mutex::default(),
+            running: Mutex::default(),
+            policy_groups: Default::default(),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(App {
+            ctx,
+            listener,
+            watch_config: true,
+        })
+    }
+
+    /// Tests drive reloads themselves.
+    pub fn without_config_watch(mut self) -> Self {
+        self.watch_config = false;
+        self
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener")
+    }
+
+    pub fn ctx(&self) -> Arc<Ctx> {
+        self.ctx.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking work: the HTTP server
+    /// drains, workers stop claiming, running terraform is interrupted (its run
+    /// is picked up again as interrupted on the next start).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let ctx = self.ctx;
+        let node = ctx.config().node_id.clone();
+        // Work this node held when it last stopped is taken back at once.
+        let reaped = ctx.store.reap_runs(Some(&node)).await?;
+        for run in &reaped {
+            tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted by a restart", run.id);
+        }
+        ctx.store.reap_events(Some(&node)).await?;
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(crate::queue::dispatcher(ctx.clone()));
+        tasks.spawn(crate::queue::workers(ctx.clone()));
+        tasks.spawn(crate::queue::reaper(ctx.clone()));
+        tasks.spawn(crate::queue::policy_sync(ctx.clone()));
+        tasks.spawn(crate::queue::drift_scheduler(ctx.clone()));
+        if self.watch_config {
+            let watcher = crate::config::reload::watch(ctx.clone())?;
+            tasks.spawn(async move {
+                watcher.await;
+            });
+        }
+
+        let stop = ctx.shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        });
+        let router = crate::api::router(ctx.clone());
+        tracing::info!(address = %self.listener.local_addr()?, "gantry listening on {}", self.listener.local_addr()?);
+        let stop = ctx.shutdown.clone();
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .context("HTTP server")?;
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "background task failed");
+            }
+        }
+        ctx.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

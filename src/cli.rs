@@ -1,0 +1,535 @@
+//! The command line: one binary, subcommands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::{process_env, Config};
+use crate::git::Mirrors;
+use crate::runner::{LocalRunner, PlanRequest, Runner};
+use crate::store::Store;
+use crate::vcs::Providers;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "Self-hosted GitOps daemon for Terraform and OpenTofu"
+)]
+pub struct Cli {
+    /// Log JSON lines instead of text.
+    #[arg(long, global = true, env = "GANTRY_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: webhooks, queue, workers, API.
+    Serve {
+        #[arg(long, default_value = "config/gantry.yaml")]
+        config: PathBuf,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Plan one workspace locally and print the summary (no VCS API calls, no database).
+    Plan {
+        #[arg(long, default_value = "config/gantry.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        workspace: String,
+        /// Branch, full ref (`refs/pull/7/head`) or commit sha; default: the tracked branch.
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+    },
+    /// Drift detection.
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
+    /// OPA policies: run a folder's tests, or evaluate policies against a plan.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Cost estimation.
+    Cost {
+        #[command(subcommand)]
+        command: CostCommand,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, default_value = "config/gantry.yaml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DriftCommand {
+    /// Checks one workspace's tracked branch for drift locally and prints the report
+    /// (no database, no VCS API calls, never applies).
+    Run {
+        #[arg(long, default_value = "config/gantry.yaml")]
+        config: PathBuf,
+        #[arg(long)]
+        workspace: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Runs every `test_*` rule in the .rego files under DIR (opa test semantics).
+    Test { dir: PathBuf },
+    /// Evaluates the policies of a folder (with scalr-policy.hcl) against a plan.
+    Eval {
+        /// `terraform show -json` output.
+        #[arg(long)]
+        plan: PathBuf,
+        /// The folder holding scalr-policy.hcl.
+        #[arg(long)]
+        policies: PathBuf,
+        /// The `tfrun` part of the input (JSON); default: a minimal one with the plan's cost estimate.
+        #[arg(long)]
+        tfrun: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CostCommand {
+    /// Estimate the monthly cost of a plan (`terraform show -json` output).
+    Estimate {
+        /// The plan JSON file.
+        plan: PathBuf,
+        /// A directory of pricing catalog files instead of the shipped catalog.
+        #[arg(long)]
+        pricing_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file and print every problem.
+    Check {
+        #[arg(long, default_value = "config/gantry.yaml")]
+        config: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => return config_check(&config),
+        Command::Serve { config } => with_config(&config, |c| runtime()?.block_on(serve(c))),
+        Command::Plan {
+            config,
+            workspace,
+            git_ref,
+        } => with_config(&config, |c| {
+            runtime()?.block_on(plan(c, &workspace, git_ref.as_deref()))
+        }),
+        Command::Migrate { config } => with_config(&config, |c| runtime()?.block_on(migrate(c))),
+        Command::Drift {
+            command: DriftCommand::Run { config, workspace },
+        } => with_config(&config, |c| runtime()?.block_on(drift_run(c, &workspace))),
+        Command::Policy {
+            command: PolicyCommand::Test { dir },
+        } => return policy_test(&dir),
+        Command::Policy {
+            command:
+                PolicyCommand::Eval {
+                    plan,
+                    policies,
+                    tfrun,
+                },
+        } => policy_eval(&plan, &policies, tfrun.as_deref()),
+        Command::Cost {
+            command:
+                CostCommand::Estimate {
+                    plan,
+                    pricing_dir,
+                    json,
+                },
+        } => cost_estimate(&plan, pricing_dir.as_deref(), json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn policy_test(dir: &Path) -> ExitCode {
+    let outcomes = match crate::policy::testing::run(dir) {
+        Ok(o) => o,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            println!("0 passed, 0 failed ({} compile errors)", errors.len());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = 0;
+    for o in &outcomes {
+        if o.passed {
+            println!("PASS  {} ({})", o.rule, o.file.display());
+        } else {
+            failed += 1;
+            println!(
+                "FAIL  {} ({}): {}",
+                o.rule,
+                o.file.display(),
+                o.error.as_deref().unwrap_or("failed")
+            );
+        }
+    }
+    println!("{} passed, {} failed", outcomes.len() - failed, failed);
+    if failed > 0 || outcomes.is_empty() {
+        if outcomes.is_empty() {
+            eprintln!("error: no test_* rules under {}", dir.display());
+        }
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+fn policy_eval(plan: &Path, policies: &Path, tfrun: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let set = match crate::policy::PolicySet::load(policies) {
+        Ok(s) => s,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let tfplan = read_json(plan)?;
+    let tfrun = match tfrun {
+        Some(p) => read_json(p)?,
+        None => {
+            let cost = crate::cost::estimate(&tfplan, &crate::cost::Catalog::shipped());
+            serde_json::json!({
+                "is_dry": true,
+                "is_destroy": false,
+                "source": "api",
+                "cost_estimate": {
+                    "prior_monthly_cost": cost.prior_monthly_cost,
+                    "proposed_monthly_cost": cost.proposed_monthly_cost,
+                    "delta_monthly_cost": cost.delta_monthly_cost
+                }
+            })
+        }
+    };
+    let results = set.evaluate(&crate::policy::input(tfplan, tfrun));
+    for r in &results {
+        println!(
+            "{:<8} {} ({})",
+            r.result.to_uppercase(),
+            r.policy,
+            r.enforcement_level.as_str()
+        );
+        for m in &r.messages {
+            println!("         - {m}");
+        }
+    }
+    for d in &set.disabled {
+        println!("DISABLED {d}");
+    }
+    let hard_fail = results.iter().any(|r| {
+        r.result != "passed"
+            && r.enforcement_level == crate::policy::EnforcementLevel::HardMandatory
+    });
+    match crate::policy::status_summary(&results) {
+        Some(s) => println!("\n{s}"),
+        None => println!("\nall {} policies passed", results.len()),
+    }
+    Ok(if hard_fail {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn cost_estimate(plan: &Path, pricing_dir: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    let catalog = match pricing_dir {
+        Some(dir) => match crate::cost::Catalog::load_dir(dir) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in &errors.0 {
+                    eprintln!("{e}");
+                }
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => crate::cost::Catalog::shipped(),
+    };
+    let text =
+        std::fs::read_to_string(plan).with_context(|| format!("reading {}", plan.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", plan.display()))?;
+    if doc.get("resource_changes").is_none() && doc.get("format_version").is_none() {
+        anyhow::bail!(
+            "{} is not `terraform show -json` plan output",
+            plan.display()
+        );
+    }
+    let estimate = crate::cost::estimate(&doc, &catalog);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&estimate)?);
+    } else {
+        print!("{}", crate::cost::render_table(&estimate));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path, &process_env).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("{e}");
+        }
+        eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+        ExitCode::from(2)
+    })
+}
+
+fn with_config(
+    path: &Path,
+    f: impl FnOnce(Config) -> anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    match load(path) {
+        Ok(c) => f(c),
+        Err(code) => Ok(code),
+    }
+}
+
+fn config_check(path: &Path) -> ExitCode {
+    match load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} providers, {} workspaces)",
+                path.display(),
+                c.providers.len(),
+                c.workspaces.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let app = crate::App::build(config, Arc::new(process_env)).await?;
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(config: Config) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    println!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plan(config: Config, workspace: &str, git_ref: Option<&str>) -> anyhow::Result<ExitCode> {
+    let ws = config
+        .workspace(workspace)
+        .with_context(|| format!("no workspace `{workspace}` in {}", config.source.display()))?
+        .clone();
+    let providers = Providers::from_config(&config)?;
+    let provider = providers.get(&ws.provider).context("workspace provider")?;
+    let mirrors = Mirrors::new(&config.data_dir);
+    let is_sha = |r: &str| r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut refs = vec![format!("refs/heads/{}", ws.branch)];
+    let target = match git_ref {
+        None => refs[0].clone(),
+        Some(r) if is_sha(r) => r.to_string(),
+        Some(r) if r.starts_with("refs/") => {
+            refs.push(r.to_string());
+            r.to_string()
+        }
+        Some(r) => {
+            refs.push(format!("refs/heads/{r}"));
+            format!("refs/heads/{r}")
+        }
+    };
+    let creds = provider.git_credentials(&ws.repo).await?;
+    let mirror = mirrors
+        .fetch(
+            &ws.provider,
+            &ws.repo,
+            &provider.clone_url(&ws.repo),
+            creds,
+            &refs,
+        )
+        .await?;
+    let sha = mirror.resolve(&target)?.to_string();
+    let scratch = tempfile_dir(&config.data_dir)?;
+    let checkout = scratch.join("checkout");
+    {
+        let (mirror, sha, checkout) = (mirror.clone(), sha.clone(), checkout.clone());
+        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
+    }
+    let runner = LocalRunner::from_config(&config, &process_env)?;
+    let request = PlanRequest {
+        workdir: checkout.join(ws.dir.as_str()),
+        artifacts: scratch.join("artifacts"),
+        timeout: ws.timeout.unwrap_or(config.terraform.timeout),
+    };
+    eprintln!("planning {} at {} ({})", ws.name, &sha[..12], target);
+    let result = runner
+        .plan(&request, &tokio_util::sync::CancellationToken::new())
+        .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    match result {
+        Ok(out) => {
+            println!("{}", out.plan_text.trim_end());
+            println!();
+            println!("{}: {}", ws.name, out.summary);
+            let cost = crate::cost::estimate(&out.plan, &config.pricing);
+            println!();
+            print!("{}", crate::cost::render_table(&cost));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", ws.name);
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> {
+    let ws = config
+        .workspace(workspace)
+        .with_context(|| format!("no workspace `{workspace}` in {}", config.source.display()))?
+        .clone();
+    let providers = Providers::from_config(&config)?;
+    let provider = providers.get(&ws.provider).context("workspace provider")?;
+    let mirrors = Mirrors::new(&config.data_dir);
+    let (mirror, sha) = mirrors
+        .fetch_branch(&*provider, &ws.repo, &ws.branch)
+        .await?;
+    let scratch = tempfile_dir(&config.data_dir)?;
+    let checkout = scratch.join("checkout");
+    {
+        let (mirror, sha, checkout) = (mirror.clone(), sha.clone(), checkout.clone());
+        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
+    }
+    let workdir = checkout.join(ws.dir.as_str());
+    // State kept by gantry comes from the database, as for the daemon's checks.
+    if !crate::state::has_own_backend(&workdir) {
+        let store = Store::connect(&config.database_url).await?;
+        store.migrate().await?;
+        crate::state::restore(&store, &ws.name, &workdir).await?;
+    }
+    let runner = LocalRunner::from_config(&config, &process_env)?;
+    let request = PlanRequest {
+        workdir,
+        artifacts: scratch.join("artifacts"),
+        timeout: ws.timeout.unwrap_or(config.terraform.timeout),
+    };
+    eprintln!(
+        "checking {} for drift at {} ({:?} mode)",
+        ws.name,
+        &sha[..12],
+        ws.drift_mode
+    );
+    let refresh_only = ws.drift_mode == crate::drift::DriftMode::RefreshOnly;
+    let result = runner
+        .drift(
+            &request,
+            refresh_only,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("{}: {e}", ws.name);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let report = crate::drift::report(&out.plan, ws.drift_mode, out.changes);
+    if report.drifted {
+        println!(
+            "{}: drift found in {} resource(s)",
+            ws.name,
+            report.resources.len()
+        );
+        for r in &report.resources {
+            println!(
+                "  {} ({}): {}",
+                r.address,
+                r.actions.join(", "),
+                r.changed_attributes.join(", ")
+            );
+        }
+    } else {
+        println!("{}: no drift", ws.name);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir
+        .join("work")
+        .join(format!("cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

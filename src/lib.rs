@@ -1,0 +1,47 @@
+//! gantry: a self-hosted GitOps daemon for Terraform and OpenTofu.
+//!
+//! A webhook arrives at [`ingest`], is verified by its [`vcs`] provider and
+//! stored in the [`store`]; the dispatcher in [`queue`] fetches the change with
+//! [`git`], asks the [`planner`] which workspaces it affects and queues [`runs`];
+//! workers claim them and the [`runner`] runs terraform; [`report`] renders the
+//! commit statuses and the one PR comment the provider posts. [`config`] holds the
+//! workspace catalog (hot reloaded), [`api`] the REST API, [`app`] wires it all.
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`config`] | config file: load, validate, hot reload |
+//! | [`vcs`] | `VcsProvider`; GitHub webhooks, statuses, comments |
+//! | [`ingest`] | `POST /webhooks/{provider}` |
+//! | [`git`] | mirror cache, diffs, checkouts |
+//! | [`planner`] | affected workspaces (paths, globs, local module graph) |
+//! | [`queue`] | dispatcher, worker pool, reaper |
+//! | [`runs`] | run state machine, dispatch and execution |
+//! | [`runner`] | `Runner`; terraform as a local subprocess |
+//! | [`report`] | status texts, the PR comment and its size limit |
+//! | [`redact`] | keeping secrets out of logs and comments |
+//! | [`store`] | SQLite/PostgreSQL: migrations and queries |
+//! | [`api`] | REST API, health |
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod cost;
+pub mod drift;
+pub mod git;
+pub mod ingest;
+pub mod planner;
+pub mod policy;
+pub mod queue;
+pub mod redact;
+pub mod report;
+pub mod runner;
+pub mod runs;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod vcs;
+
+pub use app::App;
+pub use config::Config;

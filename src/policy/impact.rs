@@ -1,0 +1,296 @@
+//! Policy impact analysis: a pull request on a policy group's repository is
+//! evaluated, with the pull request's version of the policies and with the
+//! current one, against the latest stored plan of every workspace the group
+//! governs. No terraform runs: it answers in seconds for thousands of
+//! workspaces. The result is a table on the policy PR (workspaces whose
+//! outcome changes first) and a `gantry/policy-impact` status that fails when
+//! a workspace newly fails a hard-mandatory policy.
+
+use std::collections::BTreeMap;
+
+use super::groups::{self, PolicyCheck};
+use super::{EnforcementLevel, PolicySet};
+use crate::app::Ctx;
+use crate::config::{PolicyGroupConfig, Workspace};
+use crate::store::short_sha;
+use crate::vcs::{CommitStatus, PullRequestEvent, StatusState, VcsError};
+
+pub const MARKER: &str = "<!-- gantry:policy-impact -->";
+
+/// One workspace's outcome before and after the policy change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Impact {
+    pub workspace: String,
+    pub before: Vec<PolicyCheck>,
+    pub after: Vec<PolicyCheck>,
+}
+
+fn describe(checks: &[PolicyCheck]) -> String {
+    groups::summary(checks)
+        .map(|s| s.trim_start_matches("policies: ").to_string())
+        .unwrap_or_else(|| "passed".into())
+}
+
+fn failing(c: &PolicyCheck) -> bool {
+    c.result != "passed"
+}
+
+impl Impact {
+    pub fn changed(&self) -> bool {
+        let key = |cs: &[PolicyCheck]| -> BTreeMap<String, (String, Vec<String>)> {
+            cs.iter()
+                .map(|c| (c.policy.clone(), (c.result.clone(), c.messages.clone())))
+                .collect()
+        };
+        key(&self.before) != key(&self.after)
+    }
+
+    /// A hard-mandatory policy (or an error) fails after but not before.
+    pub fn newly_fails_hard(&self) -> bool {
+        self.after
+            .iter()
+            .filter(|c| {
+                failing(c)
+                    && (c.enforcement_level == EnforcementLevel::HardMandatory
+                        || c.result == "errored")
+            })
+            .any(|a| {
+                !self
+                    .before
+                    .iter()
+                    .any(|b| b.policy == a.policy && failing(b))
+            })
+    }
+
+    /// Messages added and removed by the change.
+    fn changes(&self) -> String {
+        let msgs = |cs: &[PolicyCheck]| -> Vec<String> {
+            cs.iter()
+                .flat_map(|c| c.messages.iter().map(move |m| format!("{}: {m}", c.policy)))
+                .collect()
+        };
+        let (before, after) = (msgs(&self.before), msgs(&self.after));
+        let mut out: Vec<String> = after
+            .iter()
+            .filter(|m| !before.contains(m))
+            .map(|m| format!("+ {m}"))
+            .collect();
+        out.extend(
+            before
+                .iter()
+                .filter(|m| !after.contains(m))
+                .map(|m| format!("− {m}")),
+        );
+        out.iter()
+            .take(5)
+            .map(|m| m.replace('|', "\\|"))
+            .collect::<Vec<_>>()
+            .join("<br>")
+    }
+}
+
+/// The comment for a policy PR.
+pub fn render(group: &str, head_sha: &str, impacts: &[Impact], without_plan: &[String]) -> String {
+    let mut rows: Vec<&Impact> = impacts.iter().collect();
+    rows.sort_by_key(|i| (!i.newly_fails_hard(), !i.changed(), i.workspace.clone()));
+    let changed = impacts.iter().filter(|i| i.changed()).count();
+    let mut out = format!(
+        "{MARKER}\n### gantry policy impact of `{}` (group `{group}`)\n\n{} workspaces evaluated against their latest plan; {changed} change outcome.\n\n",
+        short_sha(head_sha),
+        impacts.len()
+    );
+    if !rows.is_empty() {
+        out.push_str("| Workspace | Before | After | Changes |\n| --- | --- | --- | --- |\n");
+        for i in rows {
+            let after = if i.newly_fails_hard() {
+                format!("❌ {}", describe(&i.after))
+            } else {
+                describe(&i.after)
+            };
+            let changes = if i.changed() {
+                i.changes()
+            } else {
+                "unchanged".into()
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {after} | {changes} |\n",
+                i.workspace,
+                describe(&i.before)
+            ));
+        }
+    }
+    if !without_plan.is_empty() {
+        out.push_str(&format!(
+            "\nNo stored plan yet (not evaluated): {}\n",
+            without_plan
+                .iter()
+                .map(|w| format!("`{w}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    out
+}
+
+fn checks(group: &str, set: &PolicySet, input: &regorus::Value) -> Vec<PolicyCheck> {
+    set.evaluate(input)
+        .into_iter()
+        .map(|r| PolicyCheck {
+            group: group.to_string(),
+            policy: r.policy,
+            enforcement_level: r.enforcement_level,
+            result: r.result.to_string(),
+            messages: r.messages,
+        })
+        .collect()
+}
+
+/// Analyzes a pull request on a policy group's repository and reports on it.
+pub async fn analyze(
+    ctx: &Ctx,
+    provider_id: &str,
+    pr: &PullRequestEvent,
+    group: &PolicyGroupConfig,
+) -> anyhow::Result<()> {
+    let provider = ctx
+        .providers
+        .load()
+        .get(provider_id)
+        .ok_or_else(|| anyhow::anyhow!("provider {provider_id} is gone"))?;
+    let creds = provider.git_credentials(&pr.repo).await?;
+    let branch_ref = format!("refs/heads/{}", group.branch);
+    let mirror = ctx
+        .mirrors
+        .fetch(
+            provider_id,
+            &pr.repo,
+            &provider.clone_url(&pr.repo),
+            creds,
+            &[pr.fetch_ref.clone(), branch_ref],
+        )
+        .await?;
+    let status = |state: StatusState, description: String| CommitStatus {
+        state,
+        context: "gantry/policy-impact".into(),
+        description,
+        target_url: None,
+    };
+    let proposed = match groups::load_at(ctx, group, &mirror, &pr.head_sha).await {
+        Ok(set) => set,
+        Err(error) => {
+            provider
+                .set_status(
+                    &pr.repo,
+                    &pr.head_sha,
+                    &status(
+                        StatusState::Failure,
+                        format!(
+                            "policies do not load: {}",
+                            error.lines().next().unwrap_or_default()
+                        ),
+                    ),
+                )
+                .await?;
+            upsert(ctx, provider_id, pr, &format!("{MARKER}\n### gantry policy impact of `{}`\n\nThe policies in this pull request do not load:\n\n```\n{error}\n```\n", short_sha(&pr.head_sha))).await?;
+            return Ok(());
+        }
+    };
+    if ctx.policy_groups.get(&group.name).is_none() {
+        let _ = groups::sync(ctx, group).await;
+    }
+    let current = ctx.policy_groups.get(&group.name).map(|g| g.set);
+    let config = ctx.config();
+    let governed: Vec<&Workspace> = config
+        .workspaces
+        .iter()
+        .filter(|w| group.environments.contains(&w.environment))
+        .collect();
+    let mut impacts = Vec::new();
+    let mut without_plan = Vec::new();
+    for ws in governed {
+        let Some(run) = ctx.store.latest_planned_run(&ws.name).await? else {
+            without_plan.push(ws.name.clone());
+            continue;
+        };
+        let path = crate::runs::execute::artifacts_dir(ctx, run.id).join("plan.json");
+        let Ok(text) = tokio::fs::read_to_string(&path).await else {
+            without_plan.push(ws.name.clone());
+            continue;
+        };
+        let plan: serde_json::Value = serde_json::from_str(&text)?;
+        let cost = run
+            .cost
+            .clone()
+            .unwrap_or_else(|| crate::cost::estimate(&plan, &config.pricing));
+        let tfrun =
+            crate::runs::execute::tfrun(ctx, &run, ws, &run.plan.unwrap_or_default(), &cost).await;
+        let input = super::input(plan, tfrun);
+        let before = current
+            .as_deref()
+            .map(|s| checks(&group.name, s, &input))
+            .unwrap_or_default();
+        let after = checks(&group.name, &proposed, &input);
+        impacts.push(Impact {
+            workspace: ws.name.clone(),
+            before,
+            after,
+        });
+    }
+    let newly_failing: Vec<&Impact> = impacts.iter().filter(|i| i.newly_fails_hard()).collect();
+    let changed = impacts.iter().filter(|i| i.changed()).count();
+    let st = if newly_failing.is_empty() {
+        status(StatusState::Success, format!("{} workspaces evaluated; {changed} change outcome; none newly fails a hard-mandatory policy", impacts.len()))
+    } else {
+        status(
+            StatusState::Failure,
+            format!(
+                "{} workspaces would newly fail hard-mandatory policies",
+                newly_failing.len()
+            ),
+        )
+    };
+    provider.set_status(&pr.repo, &pr.head_sha, &st).await?;
+    upsert(
+        ctx,
+        provider_id,
+        pr,
+        &render(&group.name, &pr.head_sha, &impacts, &without_plan),
+    )
+    .await?;
+    tracing::info!(policy_group = %group.name, workspaces = impacts.len(), changed, "policy impact of {}#{} reported", pr.repo, pr.number);
+    Ok(())
+}
+
+async fn upsert(
+    ctx: &Ctx,
+    provider_id: &str,
+    pr: &PullRequestEvent,
+    body: &str,
+) -> anyhow::Result<()> {
+    let Some(provider) = ctx.providers.load().get(provider_id) else {
+        return Ok(());
+    };
+    let slot = ctx
+        .store
+        .lock_pr_comment(provider_id, &pr.repo, pr.number, "policy-impact")
+        .await?;
+    let mut existing = slot.comment_id.clone();
+    if existing.is_none() {
+        existing = provider.find_comment(&pr.repo, pr.number, MARKER).await?;
+    }
+    let id = match existing {
+        Some(id) => match provider
+            .update_comment(&pr.repo, pr.number, &id, body)
+            .await
+        {
+            Ok(()) => id,
+            Err(VcsError::NotFound(_)) => {
+                provider.create_comment(&pr.repo, pr.number, body).await?
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => provider.create_comment(&pr.repo, pr.number, body).await?,
+    };
+    slot.finish(Some(&id)).await?;
+    Ok(())
+}

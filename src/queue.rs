@@ -1,0 +1,238 @@
+//! The background loops over the durable queues in the database: the
+//! dispatcher (stored webhook events → runs), the worker pool (runs →
+//! terraform), and the reaper (claims whose holder died).
+//!
+//! Each loop claims work with a lease, wakes on an in-process notification and
+//! polls as a fallback, so another replica's work is picked up too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::app::{Ctx, LEASE};
+
+const POLL: Duration = Duration::from_secs(1);
+const REAP_EVERY: Duration = Duration::from_secs(15);
+
+/// Waits for a wake-up, the poll interval, or shutdown. False on shutdown.
+async fn idle(ctx: &Ctx, wake: &tokio::sync::Notify) -> bool {
+    tokio::select! {
+        _ = wake.notified() => true,
+        _ = tokio::time::sleep(POLL) => true,
+        _ = ctx.shutdown.cancelled() => false,
+    }
+}
+
+/// Dispatches stored events one at a time per repository (the claim query
+/// enforces that), up to two repositories at once.
+pub async fn dispatcher(ctx: Arc<Ctx>) {
+    let slots = Arc::new(Semaphore::new(2));
+    let mut running = JoinSet::new();
+    loop {
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = ctx.shutdown.cancelled() => break,
+        };
+        let node = ctx.config().node_id.clone();
+        match ctx.store.claim_event(&node, LEASE).await {
+            Ok(Some(event)) => {
+                let ctx = ctx.clone();
+                running.spawn(async move {
+                    crate::runs::dispatch::dispatch(&ctx, event).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {
+                drop(permit);
+                if !idle(&ctx, &ctx.events_stored).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                tracing::error!(error = %e, "claiming an event failed");
+                if !idle(&ctx, &ctx.events_stored).await {
+                    break;
+                }
+            }
+        }
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
+
+/// Runs up to `concurrency` runs at once (re-read from the config on every
+/// claim, so a reload can raise or lower it).
+pub async fn workers(ctx: Arc<Ctx>) {
+    let mut running = JoinSet::new();
+    loop {
+        while running.try_join_next().is_some() {}
+        let limit = ctx.config().concurrency;
+        if running.len() >= limit {
+            tokio::select! {
+                _ = running.join_next() => continue,
+                _ = ctx.shutdown.cancelled() => break,
+            }
+        }
+        let node = ctx.config().node_id.clone();
+        match ctx.store.claim_run(&node, LEASE).await {
+            Ok(Some(run)) => {
+                let ctx = ctx.clone();
+                running.spawn(crate::runs::execute::execute(ctx, run));
+            }
+            Ok(None) => {
+                if !idle(&ctx, &ctx.runs_queued).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a run failed");
+                if !idle(&ctx, &ctx.runs_queued).await {
+                    break;
+                }
+            }
+        }
+    }
+    // Runs in flight see the shutdown and stop their terraform; wait for them.
+    while running.join_next().await.is_some() {}
+}
+
+/// Takes back runs and events whose holder stopped heartbeating.
+pub async fn reaper(ctx: Arc<Ctx>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REAP_EVERY) => {}
+            _ = ctx.shutdown.cancelled() => break,
+        }
+        match ctx.store.reap_runs(None).await {
+            Ok(runs) if !runs.is_empty() => {
+                for r in &runs {
+                    tracing::warn!(run.id = r.id, workspace.name = %r.workspace, "run {} lost its worker; marked interrupted", r.id);
+                }
+                ctx.runs_queued.notify_one();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "reaping runs failed"),
+        }
+        if let Err(e) = ctx.store.reap_events(None).await {
+            tracing::error!(error = %e, "reaping events failed");
+        }
+    }
+}
+
+/// How often policy groups are fetched even without a push webhook.
+const POLICY_SYNC_EVERY: Duration = Duration::from_secs(600);
+
+/// Loads every policy group at start, then keeps them fresh.
+pub async fn policy_sync(ctx: Arc<Ctx>) {
+    loop {
+        for g in ctx.config().policy_groups.clone() {
+            if let Err(e) = crate::policy::groups::sync(&ctx, &g).await {
+                tracing::warn!(policy_group = %g.name, "policy group {} not synced: {e}", g.name);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLICY_SYNC_EVERY) => {}
+            _ = ctx.shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// How often the drift scheduler looks for due ticks.
+const DRIFT_EVERY: Duration = Duration::from_secs(20);
+
+/// Queues the drift checks due at `now`: for each workspace with a schedule,
+/// the latest tick whose jittered start has passed and that no replica has
+/// handled (ticks missed while down come back as one; a schedule does not
+/// backfill ticks from before `since`). Each tick is claimed once in the
+/// database; a workspace with a run active or queued has the tick recorded
+/// as skipped.
+pub async fn drift_pass(
+    ctx: &Ctx,
+    since: chrono::DateTime<chrono::Utc>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<(String, crate::store::TickOutcome)> {
+    let config = ctx.config();
+    let mut out = Vec::new();
+    for ws in &config.workspaces {
+        let Some(schedule) = &ws.drift_schedule else {
+            continue;
+        };
+        let last = match ctx.store.last_drift_tick(&ws.name).await {
+            Ok(l) => l.and_then(chrono::DateTime::from_timestamp_millis),
+            Err(e) => {
+                tracing::warn!(workspace.name = %ws.name, error = %e, "reading drift ticks failed");
+                continue;
+            }
+        };
+        let Some(tick) = schedule.due_within(&ws.name, last, since, now, config.drift_jitter)
+        else {
+            continue;
+        };
+        let Some(provider) = ctx.providers.load().get(&ws.provider) else {
+            continue;
+        };
+        let branch_ref = format!("refs/heads/{}", ws.branch);
+        let head = ctx.mirrors.fetch_branch(&*provider, &ws.repo, &ws.branch);
+        let sha = match head.await {
+            Ok((_, sha)) => sha,
+            Err(e) => {
+                // Not recorded: the next pass tries this tick again.
+                tracing::warn!(workspace.name = %ws.name, "drift check of {} not queued: {e}", ws.name);
+                continue;
+            }
+        };
+        let run = crate::store::NewRun {
+            workspace: ws.name.clone(),
+            event_id: None,
+            kind: crate::runs::RunKind::Drift,
+            source: crate::runs::RunSource::Schedule,
+            provider_id: ws.provider.clone(),
+            repo: ws.repo.clone(),
+            branch: ws.branch.clone(),
+            pr_number: None,
+            head_sha: sha,
+            git_ref: branch_ref,
+        };
+        match ctx
+            .store
+            .claim_drift_tick(tick.timestamp_millis(), &run)
+            .await
+        {
+            Ok(outcome) => {
+                match &outcome {
+                    crate::store::TickOutcome::Queued(r) => {
+                        tracing::info!(workspace.name = %ws.name, run.id = r.id, "drift check {} queued for the {} tick", r.id, tick);
+                        ctx.runs_queued.notify_one();
+                    }
+                    crate::store::TickOutcome::Skipped => {
+                        tracing::info!(workspace.name = %ws.name, "drift tick {tick} skipped: a run is active or queued")
+                    }
+                    crate::store::TickOutcome::AlreadyHandled => {}
+                }
+                out.push((ws.name.clone(), outcome));
+            }
+            Err(e) => {
+                tracing::warn!(workspace.name = %ws.name, error = %e, "claiming a drift tick failed")
+            }
+        }
+    }
+    out
+}
+
+/// Runs [`drift_pass`] every few seconds until shutdown.
+pub async fn drift_scheduler(ctx: Arc<Ctx>) {
+    let since = chrono::Utc::now();
+    loop {
+        drift_pass(&ctx, since, chrono::Utc::now()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(DRIFT_EVERY) => {}
+            _ = ctx.shutdown.cancelled() => break,
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! From a stored webhook event to runs: fetch the mirror, diff the change,
+//! find the affected workspaces, and store the runs (superseding stale ones)
+//! together with marking the event dispatched.
+
+use std::time::Duration;
+
+use crate::app::Ctx;
+use crate::config::{Workflow, Workspace};
+use crate::git::GitError;
+use crate::planner;
+use crate::runs::{RunKind, RunSource};
+use crate::store::{short_sha, EventRow, NewRun, Supersede};
+use crate::vcs::{PullRequestEvent, PushEvent, VcsEvent};
+
+/// Attempts before a failing event is given up (it stays stored as `failed`).
+const MAX_ATTEMPTS: i64 = 5;
+
+/// What a dispatch decided.
+pub(super) struct Outcome {
+    pub(super) detail: String,
+    pub(super) runs: Vec<NewRun>,
+    pub(super) supersede: Option<Supersede>,
+    /// The pull request whose comment to refresh, with its head.
+    pub(super) pr: Option<(String, i64, String)>,
+}
+
+impl Outcome {
+    pub(super) fn nothing(detail: impl Into<String>) -> Outcome {
+        Outcome {
+            detail: detail.into(),
+            runs: Vec::new(),
+            supersede: None,
+            pr: None,
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(event.id = event.id, delivery.id = %event.delivery_id))]
+pub async fn dispatch(ctx: &Ctx, event: EventRow) {
+    let parsed: VcsEvent = match serde_json::from_str(&event.body) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "stored event {} is unreadable", event.id);
+            let _ = ctx
+                .store
+                .fail_dispatch(event.id, &format!("unreadable event: {e}"))
+                .await;
+            return;
+        }
+    };
+    let result = match &parsed {
+        VcsEvent::PullRequest(pr) => pull_request(ctx, &event, pr).await,
+        VcsEvent::Push(push) => push_event(ctx, &event, push).await,
+        VcsEvent::Command(c) => super::command::handle(ctx, &event, c).await,
+        VcsEvent::Ping { .. } => Ok(Outcome::nothing("ping")),
+    };
+    let outcome = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let message = e.to_string();
+            if event.attempts >= MAX_ATTEMPTS {
+                tracing::error!(error = %message, "event {} failed {} times; giving up", event.id, event.attempts);
+                let _ = ctx.store.fail_dispatch(event.id, &message).await;
+            } else {
+                let delay = Duration::from_secs(2u64.pow(event.attempts as u32).min(300));
+                tracing::warn!(error = %message, retry_in_s = delay.as_secs(), "dispatching event {} failed; will retry", event.id);
+                let _ = ctx.store.retry_dispatch(event.id, &message, delay).await;
+            }
+            return;
+        }
+    };
+    let created = match ctx
+        .store
+        .complete_dispatch(
+            event.id,
+            &outcome.detail,
+            &outcome.runs,
+            outcome.supersede.as_ref(),
+        )
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "storing the runs of event {} failed", event.id);
+            let _ = ctx
+                .store
+                .retry_dispatch(event.id, &e.to_string(), Duration::from_secs(5))
+                .await;
+            return;
+        }
+    };
+    tracing::info!(
+        runs = created.len(),
+        "event {} dispatched: {}",
+        event.id,
+        outcome.detail
+    );
+    if !created.is_empty() {
+        ctx.runs_queued.notify_one();
+    }
+    // Statuses are posted by the worker that claims each run (pending at claim
+    // time), so they cannot arrive out of order; the comment shows the queue.
+    if let Some((repo, pr, head)) = outcome.pr {
+        let nothing_affected_at = created.is_empty().then_some(head.as_str());
+        crate::runs::execute::refresh_pr_comment(
+            ctx,
+            &event.provider_id,
+            &repo,
+            pr,
+            nothing_affected_at,
+        )
+        .await;
+    }
+}
+
+/// Where a change lives and how to diff it.
+pub(super) struct Change<'a> {
+    pub(super) repo: &'a str,
+    /// The branch workspaces must track: the PR's base or the pushed branch.
+    pub(super) branch: &'a str,
+    pub(super) head_sha: &'a str,
+    /// The ref runs fetch the head by.
+    pub(super) git_ref: String,
+    pub(super) source: RunSource,
+    pub(super) pr_number: Option<i64>,
+    /// Diff against the fork point from this ref (pull requests), or from this
+    /// commit (pushes; `None` = every file).
+    pub(super) diff_from: DiffFrom,
+    /// Plan just this workspace, whatever the diff (`/gantry plan -w NAME`).
+    pub(super) only: Option<&'a str>,
+}
+
+pub(super) enum DiffFrom {
+    ForkOf(String),
+    Commit(Option<String>),
+}
+
+/// The runs a change causes, or why it causes none.
+pub(super) async fn runs_for(
+    ctx: &Ctx,
+    event: &EventRow,
+    change: &Change<'_>,
+) -> Result<Result<(Vec<NewRun>, usize), String>, GitError> {
+    let config = ctx.config();
+    let candidates: Vec<&Workspace> = config
+        .workspaces
+        .iter()
+        .filter(|w| w.tracks_repo(&event.provider_id, change.repo) && w.branch == change.branch)
+        .filter(|w| change.only.is_none_or(|only| w.name == only))
+        .collect();
+    if candidates.is_empty() {
+        if let Some(only) = change.only {
+            return Ok(Err(format!(
+                "no workspace `{only}` tracks {} on branch {}",
+                change.repo, change.branch
+            )));
+        }
+        return Ok(Err(format!(
+            "no workspace tracks {} on branch {}",
+            change.repo, change.branch
+        )));
+    }
+    let Some(provider) = ctx.providers.load().get(&event.provider_id) else {
+        return Ok(Err(format!(
+            "provider {} is no longer configured",
+            event.provider_id
+        )));
+    };
+    let url = provider.clone_url(change.repo);
+    let creds = provider
+        .git_credentials(change.repo)
+        .await
+        .map_err(|e| GitError::Fetch {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    let mut refs = vec![change.git_ref.clone()];
+    if let DiffFrom::ForkOf(base) = &change.diff_from {
+        refs.push(base.clone());
+    }
+    let mirror = ctx
+        .mirrors
+        .fetch(&event.provider_id, change.repo, &url, creds, &refs)
+        .await?;
+    if !mirror.has_commit(change.head_sha) {
+        return Ok(Err(format!(
+            "commit {} is no longer there; a newer event follows",
+            short_sha(change.head_sha)
+        )));
+    }
+    let changed = match &change.diff_from {
+        DiffFrom::ForkOf(base) => mirror.changed_since_fork(base, change.head_sha)?,
+        DiffFrom::Commit(from) => {
+            // A new branch, or a force push whose old tip we never saw: every file changed.
+            let from = from
+                .as_deref()
+                .filter(|f| !f.bytes().all(|b| b == b'0') && mirror.has_commit(f));
+            mirror.changed_between(from, change.head_sha)?
+        }
+    };
+    let tree = mirror.tree_at(change.head_sha)?;
+    let affected = match change.only {
+        // Asked for by name: planned whatever the diff.
+        Some(_) => candidates
+            .iter()
+            .map(|w| (*w, planner::Reason::Requested))
+            .collect(),
+        None => planner::affected(&candidates, &tree, &changed),
+    };
+    let runs = affected
+        .iter()
+        .map(|(ws, reason)| {
+            tracing::debug!(workspace.name = %ws.name, ?reason, "workspace {} affected", ws.name);
+            // Merges apply (workspaces that apply before merge only re-plan).
+            let kind = match (change.source, ws.workflow) {
+                (RunSource::Push, Workflow::ApplyOnMerge) => RunKind::Apply,
+                _ => RunKind::Plan,
+            };
+            NewRun {
+                workspace: ws.name.clone(),
+                event_id: Some(event.id),
+                kind,
+                source: change.source,
+                provider_id: event.provider_id.clone(),
+                repo: change.repo.to_string(),
+                branch: change.branch.to_string(),
+                pr_number: change.pr_number,
+                head_sha: change.head_sha.to_string(),
+                git_ref: change.git_ref.clone(),
+            }
+        })
+        .collect();
+    Ok(Ok((runs, changed.len())))
+}
+
+async fn pull_request(
+    ctx: &Ctx,
+    event: &EventRow,
+    pr: &PullRequestEvent,
+) -> anyhow::Result<Outcome> {
+    if pr.from_fork && !ctx.config().allow_fork_prs {
+        return Ok(Outcome::nothing(format!(
+            "pull request #{} comes from a fork; set allow_fork_prs: true to plan forks",
+            pr.number
+        )));
+    }
+    // A pull request on a policy group's repository: report its impact.
+    let groups = policy_groups_of(ctx, &event.provider_id, &pr.repo, &pr.base_ref);
+    for g in &groups {
+        if let Err(e) = crate::policy::impact::analyze(ctx, &event.provider_id, pr, g).await {
+            tracing::warn!(policy_group = %g.name, "policy impact analysis of #{} failed: {e:#}", pr.number);
+        }
+    }
+    if pr.draft {
+        return Ok(Outcome::nothing(format!(
+            "pull request #{} is a draft; planned when ready for review",
+            pr.number
+        )));
+    }
+    let change = Change {
+        repo: &pr.repo,
+        branch: &pr.base_ref,
+        head_sha: &pr.head_sha,
+        git_ref: pr.fetch_ref.clone(),
+        source: RunSource::PullRequest,
+        pr_number: Some(pr.number),
+        diff_from: DiffFrom::ForkOf(format!("refs/heads/{}", pr.base_ref)),
+        only: None,
+    };
+    let (runs, changed) = match runs_for(ctx, event, &change).await? {
+        Ok(found) => found,
+        Err(why) => return Ok(Outcome::nothing(why)),
+    };
+    Ok(Outcome {
+        detail: format!(
+            "pull request #{} at {}: {changed} changed files, {} workspaces affected",
+            pr.number,
+            short_sha(&pr.head_sha),
+            runs.len()
+        ),
+        runs,
+        supersede: Some(Supersede {
+            provider_id: event.provider_id.clone(),
+            repo: pr.repo.clone(),
+            pr_number: pr.number,
+            head_sha: pr.head_sha.clone(),
+        }),
+        pr: Some((pr.repo.clone(), pr.number, pr.head_sha.clone())),
+    })
+}
+
+/// The policy groups kept in `repo` on `branch`.
+fn policy_groups_of(
+    ctx: &Ctx,
+    provider_id: &str,
+    repo: &str,
+    branch: &str,
+) -> Vec<crate::config::PolicyGroupConfig> {
+    ctx.config()
+        .policy_groups
+        .iter()
+        .filter(|g| {
+            g.provider == provider_id && g.repo.eq_ignore_ascii_case(repo) && g.branch == branch
+        })
+        .cloned()
+        .collect()
+}
+
+async fn push_event(ctx: &Ctx, event: &EventRow, push: &PushEvent) -> anyhow::Result<Outcome> {
+    // A push to a policy group's branch reloads the group.
+    let groups = policy_groups_of(ctx, &event.provider_id, &push.repo, &push.branch);
+    for g in &groups {
+        if let Err(e) = crate::policy::groups::sync(ctx, g).await {
+            tracing::warn!(policy_group = %g.name, "policy group {} not reloaded: {e}", g.name);
+        }
+    }
+    let change = Change {
+        repo: &push.repo,
+        branch: &push.branch,
+        head_sha: &push.after,
+        git_ref: format!("refs/heads/{}", push.branch),
+        source: RunSource::Push,
+        pr_number: None,
+        diff_from: DiffFrom::Commit(Some(push.before.clone())),
+        only: None,
+    };
+    let (runs, changed) = match runs_for(ctx, event, &change).await? {
+        Ok(found) => found,
+        Err(why) => return Ok(Outcome::nothing(why)),
+    };
+    Ok(Outcome {
+        detail: format!(
+            "push to {} at {}: {changed} changed files, {} workspaces affected",
+            push.branch,
+            short_sha(&push.after),
+            runs.len()
+        ),
+        runs,
+        supersede: None,
+        pr: None,
+    })
+}

@@ -1,0 +1,953 @@
+//! Takes one claimed run through its phases: fetch the commit, check it out,
+//! restore gantry-kept state, plan, and for apply runs apply the saved plan
+//! (at once with `auto_apply`, or once confirmed); then report the result.
+//!
+//! An apply only ever applies the plan file of its own run, and only when
+//! nothing was applied to the workspace since that plan was made and the
+//! workspace is not locked.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Ctx, LEASE};
+use crate::config::Workspace;
+use crate::policy::groups::Verdict;
+use crate::policy::EnforcementLevel;
+use crate::report::{self, Section, COMMENT_MARKER};
+use crate::runner::{LocalRunner, PlanRequest, Runner, RunnerError};
+use crate::runs::{Run, RunKind, RunState};
+use crate::store::{short_sha, Audit};
+use crate::vcs::{CommitStatus, VcsError};
+
+/// A phase failure: the reason recorded on the run.
+struct Failure(String);
+
+impl Failure {
+    fn canceled() -> Failure {
+        Failure(CANCELED.into())
+    }
+}
+
+const CANCELED: &str = "canceled";
+
+impl From<crate::git::GitError> for Failure {
+    fn from(e: crate::git::GitError) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+impl From<crate::state::StateError> for Failure {
+    fn from(e: crate::state::StateError) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+impl From<RunnerError> for Failure {
+    fn from(e: RunnerError) -> Self {
+        match e {
+            RunnerError::Failed { step, message } => {
+                Failure(format!("terraform {step} failed: {message}"))
+            }
+            RunnerError::TimedOut { step, after } => Failure(format!(
+                "terraform {step} timed out after {}",
+                humantime::format_duration(after)
+            )),
+            RunnerError::Canceled => Failure::canceled(),
+            other => Failure(other.to_string()),
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(run.id = run.id, workspace.name = %run.workspace))]
+pub async fn execute(ctx: Arc<Ctx>, run: Run) {
+    let ctx = &ctx;
+    let started = std::time::Instant::now();
+    // Reports go out in the background, in order, so terraform never waits on the VCS API.
+    let reporter = RunReporter::spawn(ctx.clone(), run.id);
+    reporter.changed();
+
+    let cancel = ctx.shutdown.child_token();
+    ctx.register_run(run.id, cancel.clone());
+    let heartbeat = spawn_heartbeat(ctx, run.id, cancel.clone());
+
+    let result = if run.apply_requested {
+        apply_confirmed(ctx, &run, &cancel, &reporter).await
+    } else if run.kind == RunKind::Drift {
+        drift_run(ctx, &run, &cancel, &reporter).await
+    } else {
+        plan_run(ctx, &run, &cancel, &reporter).await
+    };
+    heartbeat.abort();
+    ctx.unregister_run(run.id);
+    let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
+
+    if let Err(Failure(reason)) = result {
+        if reason == CANCELED && ctx.shutdown.is_cancelled() {
+            // Left active: the next start (or another replica, once the lease
+            // runs out) marks it interrupted; a plan is queued again.
+            tracing::warn!("run {} interrupted by shutdown", run.id);
+            reporter.finish().await;
+            return;
+        }
+        let (to, reason) = if reason == CANCELED {
+            (RunState::Canceled, "canceled on request".to_string())
+        } else {
+            (RunState::Errored, reason)
+        };
+        tracing::warn!(reason = %reason, "run {} {}", run.id, to);
+        let active = [RunState::Fetching, RunState::Planning, RunState::Applying];
+        if let Err(e) = ctx
+            .store
+            .transition(run.id, &active, to, Some(&reason))
+            .await
+        {
+            tracing::error!(error = %e, "recording the end of run {} failed", run.id);
+        }
+    }
+    if let Ok(Some(done)) = ctx.store.run(run.id).await {
+        tracing::info!(state = %done.state, duration_ms = started.elapsed().as_millis() as u64, "run {} finished: {}", run.id, done.state);
+    }
+    reporter.changed();
+    reporter.finish().await;
+}
+
+/// Keeps the lease while the run works. Losing it (another node reaped the run)
+/// or a cancel request stops the run.
+fn spawn_heartbeat(ctx: &Ctx, id: i64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    let store = ctx.store.clone();
+    let node = ctx.config().node_id.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(LEASE / 4) => {}
+                _ = cancel.cancelled() => return,
+            }
+            match store.heartbeat(id, &node, LEASE).await {
+                Ok(Some(false)) => {}
+                Ok(Some(true)) => {
+                    tracing::info!(run.id = id, "run {id} cancel requested");
+                    cancel.cancel();
+                    return;
+                }
+                Ok(None) => {
+                    tracing::warn!(run.id = id, "run {id} lost its lease; stopping");
+                    cancel.cancel();
+                    return;
+                }
+                Err(e) => tracing::warn!(run.id = id, error = %e, "heartbeat failed"),
+            }
+        }
+    })
+}
+
+fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
+    ctx.config()
+        .data_dir
+        .join("work")
+        .join(format!("run-{run_id}"))
+}
+
+pub fn artifacts_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
+    ctx.config().data_dir.join("runs").join(run_id.to_string())
+}
+
+/// A checked-out commit ready for terraform.
+struct Prepared {
+    workspace: Workspace,
+    runner: LocalRunner,
+    request: PlanRequest,
+    /// Whether gantry keeps this workspace's state.
+    gantry_state: bool,
+}
+
+/// Fetch (if the mirror lacks the commit), check out, place gantry-kept state.
+async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
+    let config = ctx.config();
+    let workspace = config
+        .workspace(&run.workspace)
+        .ok_or_else(|| {
+            Failure(format!(
+                "workspace {} is no longer configured",
+                run.workspace
+            ))
+        })?
+        .clone();
+    let provider = ctx.providers.load().get(&run.provider_id).ok_or_else(|| {
+        Failure(format!(
+            "provider {} is no longer configured",
+            run.provider_id
+        ))
+    })?;
+    let mut mirror = crate::git::Mirror {
+        path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
+    };
+    if !mirror.has_commit(&run.head_sha) {
+        let creds = provider
+            .git_credentials(&run.repo)
+            .await
+            .map_err(|e| Failure(format!("git credentials: {e}")))?;
+        mirror = ctx
+            .mirrors
+            .fetch(
+                &run.provider_id,
+                &run.repo,
+                &provider.clone_url(&run.repo),
+                creds,
+                std::slice::from_ref(&run.git_ref),
+            )
+            .await?;
+    }
+    let work = work_dir(ctx, run.id);
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    {
+        let (mirror, sha, work) = (mirror.clone(), run.head_sha.clone(), work.clone());
+        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &work))
+            .await
+            .map_err(|e| Failure(format!("checkout task failed: {e}")))??;
+    }
+    let workdir = work.join(workspace.dir.as_str());
+    let gantry_state = !crate::state::has_own_backend(&workdir);
+    if gantry_state {
+        crate::state::restore(&ctx.store, &workspace.name, &workdir).await?;
+    }
+    let env = ctx.env.clone();
+    let runner = LocalRunner::from_config(&config, &*env)
+        .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
+    let request = PlanRequest {
+        workdir,
+        artifacts: artifacts_dir(ctx, run.id),
+        timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
+    };
+    Ok(Prepared {
+        workspace,
+        runner,
+        request,
+        gantry_state,
+    })
+}
+
+/// Checks the run's commit out and moves it to `planning`.
+async fn start_planning(ctx: &Ctx, run: &Run, reporter: &RunReporter) -> Result<Prepared, Failure> {
+    let prepared = prepare(ctx, run).await?;
+    if !ctx
+        .store
+        .transition(run.id, &[RunState::Fetching], RunState::Planning, None)
+        .await?
+    {
+        return Err(Failure("run changed state while fetching".into()));
+    }
+    reporter.changed();
+    Ok(prepared)
+}
+
+async fn plan_run(
+    ctx: &Ctx,
+    run: &Run,
+    cancel: &CancellationToken,
+    reporter: &RunReporter,
+) -> Result<(), Failure> {
+    let prepared = start_planning(ctx, run, reporter).await?;
+    let state_version = crate::state::current_version(&ctx.store, &prepared.workspace.name).await?;
+    let out = match prepared.runner.plan(&prepared.request, cancel).await {
+        Ok(out) => out,
+        Err(e) => {
+            if let RunnerError::Failed { message, .. } = &e {
+                // Kept for the comment's error section.
+                let _ = ctx.store.set_plan_text(run.id, message).await;
+            }
+            return Err(e.into());
+        }
+    };
+    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
+    let cost = crate::cost::estimate(&out.plan, &ctx.config().pricing);
+    ctx.store.set_cost_estimate(run.id, &cost).await?;
+    let governed = ctx
+        .config()
+        .policy_groups
+        .iter()
+        .any(|g| g.environments.contains(&prepared.workspace.environment));
+    if governed {
+        let tfrun = tfrun(ctx, run, &prepared.workspace, &out.summary, &cost).await;
+        let input = crate::policy::input(out.plan.clone(), tfrun);
+        let checks =
+            crate::policy::groups::evaluate(ctx, &prepared.workspace.environment, &input).await;
+        ctx.store.set_policy_results(run.id, &checks).await?;
+    }
+    ctx.store
+        .record_plan(run.id, out.summary, Some(state_version))
+        .await?;
+
+    if run.kind == RunKind::Plan {
+        ctx.store
+            .transition(run.id, &[RunState::Planning], RunState::Planned, None)
+            .await?;
+        return Ok(());
+    }
+    // An apply run (a merge): apply now, or wait for a confirmation.
+    if !out.summary.has_changes() {
+        ctx.store
+            .transition(
+                run.id,
+                &[RunState::Planning],
+                RunState::Applied,
+                Some("no changes to apply"),
+            )
+            .await?;
+        return Ok(());
+    }
+    let planned = ctx
+        .store
+        .run(run.id)
+        .await?
+        .ok_or_else(|| Failure("the run disappeared".into()))?;
+    match planned.policy_verdict() {
+        Verdict::HardBlocked => {
+            return Err(Failure(format!(
+                "apply refused: {}",
+                policy_block_reason(&planned)
+            )));
+        }
+        Verdict::SoftBlocked => {
+            let reason = format!(
+                "{}; override it, then confirm",
+                policy_block_reason(&planned)
+            );
+            ctx.store
+                .transition(
+                    run.id,
+                    &[RunState::Planning],
+                    RunState::NeedsConfirmation,
+                    Some(&reason),
+                )
+                .await?;
+            return Ok(());
+        }
+        Verdict::Passed | Verdict::Warned => {}
+    }
+    if let Some(lock) = ctx.store.workspace_lock(&prepared.workspace.name).await? {
+        let reason = format!(
+            "workspace is locked ({}); unlock it, then confirm",
+            lock.reason
+        );
+        ctx.store
+            .transition(
+                run.id,
+                &[RunState::Planning],
+                RunState::NeedsConfirmation,
+                Some(&reason),
+            )
+            .await?;
+        return Ok(());
+    }
+    if !prepared.workspace.auto_apply {
+        ctx.store
+            .transition(
+                run.id,
+                &[RunState::Planning],
+                RunState::NeedsConfirmation,
+                Some("waiting for confirmation"),
+            )
+            .await?;
+        return Ok(());
+    }
+    ctx.store
+        .audit(Audit {
+            actor: "gantry (auto_apply)",
+            action: "apply",
+            workspace: Some(&prepared.workspace.name),
+            run_id: Some(run.id),
+            commit_sha: Some(&run.head_sha),
+            detail: Some("applied on merge"),
+        })
+        .await?;
+    apply_phase(
+        ctx,
+        run,
+        &prepared,
+        RunState::Planning,
+        false,
+        cancel,
+        reporter,
+    )
+    .await
+}
+
+/// A drift check: plan the tracked branch head (refresh-only unless the
+/// workspace asks for `plan` mode), record the report, never apply.
+async fn drift_run(
+    ctx: &Ctx,
+    run: &Run,
+    cancel: &CancellationToken,
+    reporter: &RunReporter,
+) -> Result<(), Failure> {
+    let prepared = start_planning(ctx, run, reporter).await?;
+    let mode = prepared.workspace.drift_mode;
+    let out = match prepared
+        .runner
+        .drift(
+            &prepared.request,
+            mode == crate::drift::DriftMode::RefreshOnly,
+            cancel,
+        )
+        .await
+    {
+        Ok(out) => out,
+        Err(e) => {
+            if let RunnerError::Failed { message, .. } = &e {
+                let _ = ctx.store.set_plan_text(run.id, message).await;
+            }
+            return Err(e.into());
+        }
+    };
+    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
+    let report = crate::drift::report(&out.plan, mode, out.changes);
+    ctx.store
+        .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
+        .await?;
+    if let Some(notify) = &prepared.workspace.drift_notify {
+        if let Err(e) = notify_drift(ctx, &prepared.workspace, run, &report, notify).await {
+            tracing::warn!(
+                run.id = run.id,
+                "drift notification for {} failed: {e:#}",
+                run.workspace
+            );
+        }
+    }
+    let summary = crate::runs::PlanSummary::from_plan_json(&out.plan);
+    ctx.store.record_plan(run.id, summary, None).await?;
+    let reason = if report.drifted {
+        match report.resources.len() {
+            1 => "drift found in 1 resource".to_string(),
+            n => format!("drift found in {n} resources"),
+        }
+    } else {
+        "no drift".to_string()
+    };
+    ctx.store
+        .transition(
+            run.id,
+            &[RunState::Planning],
+            RunState::Planned,
+            Some(&reason),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The text of a drift notification.
+fn drift_text(ws: &Workspace, run: &Run, report: &crate::drift::DriftReport) -> String {
+    if !report.drifted {
+        return format!(
+            "No drift in workspace `{}` any more (run {}, commit {}).",
+            ws.name,
+            run.id,
+            short_sha(&run.head_sha)
+        );
+    }
+    let mut text = format!(
+        "Drift detected in workspace `{}` ({} resources differ; run {}, commit {} of {}):\n",
+        ws.name,
+        report.resources.len(),
+        run.id,
+        short_sha(&run.head_sha),
+        ws.branch
+    );
+    for r in report.resources.iter().take(50) {
+        text.push_str(&format!(
+            "- `{}` ({}): {}\n",
+            r.address,
+            r.actions.join(", "),
+            r.changed_attributes.join(", ")
+        ));
+    }
+    text
+}
+
+/// Reports a drift check: the workspace's drift issue is opened, updated or
+/// closed; or the report is POSTed to the webhook (on drift only).
+async fn notify_drift(
+    ctx: &Ctx,
+    ws: &Workspace,
+    run: &Run,
+    report: &crate::drift::DriftReport,
+    notify: &crate::drift::DriftNotify,
+) -> anyhow::Result<()> {
+    let text = drift_text(ws, run, report);
+    match notify {
+        crate::drift::DriftNotify::Issue => {
+            let provider = ctx
+                .providers
+                .load()
+                .get(&ws.provider)
+                .ok_or_else(|| anyhow::anyhow!("provider gone"))?;
+            let open = ctx.store.drift_issue(&ws.name).await?;
+            match (report.drifted, open) {
+                (true, Some((repo, number))) => {
+                    provider.update_issue(&repo, number, &text, false).await?
+                }
+                (true, None) => {
+                    let title = format!("Drift detected in workspace {}", ws.name);
+                    let number = provider.create_issue(&ws.repo, &title, &text).await?;
+                    ctx.store
+                        .set_drift_issue(&ws.name, &ws.repo, number)
+                        .await?;
+                }
+                (false, Some((repo, number))) => {
+                    provider.update_issue(&repo, number, &text, true).await?;
+                    ctx.store.clear_drift_issue(&ws.name).await?;
+                }
+                (false, None) => {}
+            }
+        }
+        crate::drift::DriftNotify::Webhook(url) => {
+            if report.drifted {
+                let body = serde_json::json!({
+                    "text": text,
+                    "workspace": ws.name,
+                    "environment": ws.environment,
+                    "drifted": true,
+                    "run_id": run.id,
+                    "commit_sha": run.head_sha,
+                    "resources": report.resources,
+                });
+                reqwest::Client::new()
+                    .post(url)
+                    .timeout(std::time::Duration::from_secs(10))
+                    .json(&body)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why policies block the apply of `run`: the failing mandatory policies.
+pub fn policy_block_reason(run: &Run) -> String {
+    let checks = run.policy.as_deref().unwrap_or_default();
+    let blocking: Vec<String> = checks
+        .iter()
+        .filter(|c| {
+            c.result == "errored"
+                || (c.result == "failed"
+                    && (c.enforcement_level == EnforcementLevel::HardMandatory
+                        || (c.enforcement_level == EnforcementLevel::SoftMandatory
+                            && run.policy_override.is_none())))
+        })
+        .map(|c| {
+            format!(
+                "{} ({}) {}",
+                c.policy,
+                c.enforcement_level.as_str(),
+                c.result
+            )
+        })
+        .collect();
+    format!("blocked by policy: {}", blocking.join(", "))
+}
+
+/// The `tfrun` policy input, in Scalr's shape.
+pub(crate) async fn tfrun(
+    ctx: &Ctx,
+    run: &Run,
+    workspace: &Workspace,
+    summary: &crate::runs::PlanSummary,
+    cost: &crate::cost::CostEstimate,
+) -> serde_json::Value {
+    let mirror = crate::git::Mirror {
+        path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
+    };
+    let (message, author) = mirror.commit_info(&run.head_sha).unwrap_or_default();
+    let event = match run.event_id {
+        Some(id) => ctx
+            .store
+            .event(id)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|e| serde_json::from_str::<crate::vcs::VcsEvent>(&e.body).ok()),
+        None => None,
+    };
+    let pull_request = match (&event, run.pr_number) {
+        (Some(crate::vcs::VcsEvent::PullRequest(p)), Some(_)) => serde_json::json!({
+            "id": p.number, "title": p.title, "author": p.author, "merged_by": null,
+            "head_branch": p.head_ref, "base_branch": p.base_ref
+        }),
+        (_, Some(n)) => serde_json::json!({
+            "id": n, "title": null, "author": null, "merged_by": null,
+            "head_branch": null, "base_branch": run.branch
+        }),
+        _ => serde_json::Value::Null,
+    };
+    let created_by = match &event {
+        Some(crate::vcs::VcsEvent::PullRequest(p)) => p.author.clone(),
+        Some(crate::vcs::VcsEvent::Command(c)) => c.author.clone(),
+        _ => author.clone(),
+    };
+    serde_json::json!({
+        "workspace": {
+            "name": workspace.name,
+            "auto_apply": workspace.auto_apply,
+            "working_directory": workspace.dir.as_str(),
+            "tags": []
+        },
+        "environment": {"id": workspace.environment, "name": workspace.environment},
+        "vcs": {
+            "repository_id": run.repo,
+            "branch": run.branch,
+            "commit": {"sha": run.head_sha, "message": message, "author": {"username": author}},
+            "pull_request": pull_request
+        },
+        "cost_estimate": {
+            "prior_monthly_cost": cost.prior_monthly_cost,
+            "proposed_monthly_cost": cost.proposed_monthly_cost,
+            "delta_monthly_cost": cost.delta_monthly_cost
+        },
+        "created_by": {"username": created_by},
+        "is_destroy": summary.destroy > 0 && summary.add == 0 && summary.change == 0,
+        "is_dry": run.kind == RunKind::Plan,
+        "source": "vcs"
+    })
+}
+
+/// A confirmed apply of a plan made earlier by this run.
+async fn apply_confirmed(
+    ctx: &Ctx,
+    run: &Run,
+    cancel: &CancellationToken,
+    reporter: &RunReporter,
+) -> Result<(), Failure> {
+    check_applicable(ctx, run).await?;
+    let prepared = prepare(ctx, run).await?;
+    apply_phase(
+        ctx,
+        run,
+        &prepared,
+        RunState::Fetching,
+        true,
+        cancel,
+        reporter,
+    )
+    .await
+}
+
+/// Why the saved plan of `run` may not be applied now, if it may not.
+async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
+    if let Some(lock) = ctx.store.workspace_lock(&run.workspace).await? {
+        return Err(Failure(format!(
+            "apply refused: workspace {} is locked ({})",
+            run.workspace, lock.reason
+        )));
+    }
+    if matches!(
+        run.policy_verdict(),
+        Verdict::HardBlocked | Verdict::SoftBlocked
+    ) {
+        return Err(Failure(format!(
+            "apply refused: {}",
+            policy_block_reason(run)
+        )));
+    }
+    let planned_at = run
+        .planned_at
+        .ok_or_else(|| Failure("apply refused: the run has no plan".into()))?;
+    if let Some(other) = ctx
+        .store
+        .applied_since(&run.workspace, planned_at, run.id)
+        .await?
+    {
+        return Err(Failure(format!(
+            "apply refused: the plan is stale, run {other} applied to {} after it was made; re-plan",
+            run.workspace
+        )));
+    }
+    let now = crate::state::current_version(&ctx.store, &run.workspace).await?;
+    if run.state_version_at_plan.is_some_and(|v| v != now) {
+        return Err(Failure(format!(
+            "apply refused: the plan is stale, the state of {} changed after it was made; re-plan",
+            run.workspace
+        )));
+    }
+    Ok(())
+}
+
+async fn apply_phase(
+    ctx: &Ctx,
+    run: &Run,
+    prepared: &Prepared,
+    from: RunState,
+    init: bool,
+    cancel: &CancellationToken,
+    reporter: &RunReporter,
+) -> Result<(), Failure> {
+    // Checked again at the last moment, with the run holding the workspace
+    // (and as stored now: the plan was recorded after this run was claimed).
+    let fresh = ctx
+        .store
+        .run(run.id)
+        .await?
+        .ok_or_else(|| Failure("the run disappeared".into()))?;
+    check_applicable(ctx, &fresh).await?;
+    if !ctx
+        .store
+        .transition(run.id, &[from], RunState::Applying, None)
+        .await?
+    {
+        return Err(Failure("run changed state before applying".into()));
+    }
+    reporter.changed();
+    let result = prepared.runner.apply(&prepared.request, init, cancel).await;
+    // Whatever happened, keep what terraform wrote to the state.
+    let saved = if prepared.gantry_state {
+        crate::state::save(
+            &ctx.store,
+            &prepared.workspace.name,
+            run.id,
+            &prepared.request.workdir,
+        )
+        .await
+    } else {
+        Ok(None)
+    };
+    match &result {
+        Ok(text) => ctx.store.set_apply_text(run.id, text).await?,
+        Err(RunnerError::Failed { message, .. }) => {
+            ctx.store.set_apply_text(run.id, message).await?
+        }
+        Err(_) => {}
+    }
+    if let Err(e) = saved {
+        return Err(Failure(format!(
+            "apply finished but its state could not be stored: {e}"
+        )));
+    }
+    result?;
+    ctx.store
+        .transition(run.id, &[RunState::Applying], RunState::Applied, None)
+        .await?;
+    Ok(())
+}
+
+/// Posts a run's status and refreshes its comments whenever its state
+/// changes, one report at a time and in order; bursts of changes are coalesced
+/// and an unchanged status is not posted again.
+struct RunReporter {
+    tx: mpsc::UnboundedSender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunReporter {
+    fn spawn(ctx: Arc<Ctx>, run_id: i64) -> RunReporter {
+        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut last_status = None;
+            let mut merged_pr: HashMap<String, Option<i64>> = HashMap::new();
+            while rx.recv().await.is_some() {
+                while rx.try_recv().is_ok() {}
+                let run = match ctx.store.run(run_id).await {
+                    Ok(Some(run)) => run,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(run.id = run_id, error = %e, "reading run {run_id} for its report failed");
+                        continue;
+                    }
+                };
+                let status = report::status_for(&run, ctx.run_url(run.id));
+                // Drift checks report through their drift report, not commit statuses.
+                if run.kind != RunKind::Drift && last_status.as_ref() != Some(&status) {
+                    post_status(&ctx, &run, &status).await;
+                    last_status = Some(status);
+                }
+                if let Some(pr) = run.pr_number {
+                    refresh_pr_comment(&ctx, &run.provider_id, &run.repo, pr, None).await;
+                } else if run.kind == RunKind::Apply && run.state.is_terminal() {
+                    // A merge: the merged pull request hears how the apply went.
+                    if !merged_pr.contains_key(&run.head_sha) {
+                        let pr = find_merged_pr(&ctx, &run).await;
+                        merged_pr.insert(run.head_sha.clone(), pr);
+                    }
+                    if let Some(Some(pr)) = merged_pr.get(&run.head_sha) {
+                        refresh_apply_comment(&ctx, &run, *pr).await;
+                    }
+                }
+            }
+        });
+        RunReporter { tx, task }
+    }
+
+    /// The run's state changed: report it.
+    fn changed(&self) {
+        let _ = self.tx.send(());
+    }
+
+    /// Waits until every change so far is reported.
+    async fn finish(self) {
+        drop(self.tx);
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "run reporter failed");
+        }
+    }
+}
+
+/// Posts a commit status for the run. Failures are logged: a status is a
+/// report, not part of the run.
+async fn post_status(ctx: &Ctx, run: &Run, status: &CommitStatus) {
+    let Some(provider) = ctx.providers.load().get(&run.provider_id) else {
+        return;
+    };
+    if let Err(e) = provider.set_status(&run.repo, &run.head_sha, status).await {
+        tracing::warn!(run.id = run.id, error = %e, "posting status {} for run {} failed", status.context, run.id);
+    }
+}
+
+async fn find_merged_pr(ctx: &Ctx, run: &Run) -> Option<i64> {
+    let provider = ctx.providers.load().get(&run.provider_id)?;
+    match provider
+        .pull_request_for_commit(&run.repo, &run.head_sha)
+        .await
+    {
+        Ok(pr) => pr,
+        Err(e) => {
+            tracing::warn!(run.id = run.id, error = %e, "finding the pull request of {} failed", short_sha(&run.head_sha));
+            None
+        }
+    }
+}
+
+/// Re-renders the PR's one gantry comment from the runs of its newest head and
+/// edits it in place (creating it the first time). `nothing_affected_at` is a
+/// newest head that affects no workspace: an existing comment says so, and a PR
+/// without a comment gets none.
+pub async fn refresh_pr_comment(
+    ctx: &Ctx,
+    provider_id: &str,
+    repo: &str,
+    pr: i64,
+    nothing_affected_at: Option<&str>,
+) {
+    let result = upsert_comment(
+        ctx,
+        provider_id,
+        repo,
+        pr,
+        "plan",
+        nothing_affected_at.is_some(),
+        || async {
+            match nothing_affected_at {
+                Some(sha) => Ok(Some((sha.to_string(), Vec::new()))),
+                None => Ok(ctx.store.pr_head_runs(provider_id, repo, pr).await?),
+            }
+        },
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "updating the comment on {repo}#{pr} failed");
+    }
+}
+
+/// The merged PR's comment on the applies of its merge commit.
+async fn refresh_apply_comment(ctx: &Ctx, run: &Run, pr: i64) {
+    let kind = format!("apply:{}", run.head_sha);
+    let result = upsert_comment(
+        ctx,
+        &run.provider_id,
+        &run.repo,
+        pr,
+        &kind,
+        false,
+        || async {
+            let runs = ctx
+                .store
+                .commit_runs(&run.provider_id, &run.repo, &run.head_sha, RunKind::Apply)
+                .await?;
+            Ok(Some((run.head_sha.clone(), runs)))
+        },
+    )
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "updating the apply comment on {}#{pr} failed", run.repo);
+    }
+}
+
+/// Renders (once the comment slot is held, so the newest state lands last) and
+/// creates or edits one gantry comment of `kind` on a pull request.
+async fn upsert_comment<F, Fut>(
+    ctx: &Ctx,
+    provider_id: &str,
+    repo: &str,
+    pr: i64,
+    kind: &str,
+    only_if_exists: bool,
+    runs: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<(String, Vec<Run>)>>>,
+{
+    let Some(provider) = ctx.providers.load().get(provider_id) else {
+        return Ok(());
+    };
+    // In-process first, so local refreshes queue here instead of on a database connection.
+    let lock = ctx.comment_lock(provider_id, repo, pr);
+    let _guard = lock.lock().await;
+    let slot = ctx
+        .store
+        .lock_pr_comment(provider_id, repo, pr, kind)
+        .await?;
+    let Some((head, runs)) = runs().await? else {
+        return Ok(());
+    };
+    let mut sections = Vec::with_capacity(runs.len());
+    for run in &runs {
+        let output = match run.state {
+            RunState::Applied | RunState::Applying => ctx.store.apply_text(run.id).await?,
+            RunState::Errored
+                if run
+                    .state_reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("terraform apply")) =>
+            {
+                ctx.store.apply_text(run.id).await?
+            }
+            RunState::Planned | RunState::NeedsConfirmation | RunState::Errored => {
+                ctx.store.plan_text(run.id).await?
+            }
+            _ => None,
+        };
+        let lock = ctx.store.workspace_lock(&run.workspace).await?;
+        sections.push(Section { run, output, lock });
+    }
+    let marker = if kind == "plan" {
+        COMMENT_MARKER.to_string()
+    } else {
+        report::apply_marker(&head)
+    };
+    let body = report::render_comment(&head, &sections, provider.comment_limit(), &marker);
+    let mut existing = slot.comment_id.clone();
+    if existing.is_none() {
+        existing = provider.find_comment(repo, pr, &marker).await?;
+    }
+    let id = match existing {
+        Some(id) => match provider.update_comment(repo, pr, &id, &body).await {
+            Ok(()) => Some(id),
+            // Someone deleted it: start a new one.
+            Err(VcsError::NotFound(_)) => Some(provider.create_comment(repo, pr, &body).await?),
+            Err(e) => return Err(e.into()),
+        },
+        None if only_if_exists => None,
+        None => Some(provider.create_comment(repo, pr, &body).await?),
+    };
+    slot.finish(id.as_deref()).await?;
+    Ok(())
+}

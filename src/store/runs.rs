@@ -1,0 +1,760 @@
+//! Run queries: insert, claim (one active run per workspace), transitions,
+//! leases and heartbeats, reaping runs whose worker died, and reads for the API
+//! and the reporter.
+
+use std::time::Duration;
+
+use sqlx::{Any, Row, Transaction};
+
+use super::events::is_unique_violation;
+use super::{now_ms, Backend, Store, StoreError, StoreResult};
+use crate::runs::{PlanSummary, Run, RunKind, RunSource, RunState};
+
+/// A run to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub workspace: String,
+    pub event_id: Option<i64>,
+    pub kind: RunKind,
+    pub source: RunSource,
+    pub provider_id: String,
+    pub repo: String,
+    pub branch: String,
+    pub pr_number: Option<i64>,
+    pub head_sha: String,
+    pub git_ref: String,
+}
+
+const RUN_COLUMNS: &str = "id, workspace, event_id, kind, source, state, state_reason, provider_id, repo, branch,
+    pr_number, head_sha, git_ref, attempt, retry_of, enqueued_at, started_at, finished_at, updated_at,
+    plan_add, plan_change, plan_destroy, apply_requested, planned_at, state_version_at_plan, requested_by, cost_estimate,
+    policy_results, policy_override";
+
+const ACTIVE: &str = "('fetching', 'planning', 'applying')";
+
+fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
+    let kind: String = row.try_get("kind")?;
+    let source: String = row.try_get("source")?;
+    let state: String = row.try_get("state")?;
+    let add: Option<i64> = row.try_get("plan_add")?;
+    let change: Option<i64> = row.try_get("plan_change")?;
+    let destroy: Option<i64> = row.try_get("plan_destroy")?;
+    Ok(Run {
+        id: row.try_get("id")?,
+        workspace: row.try_get("workspace")?,
+        event_id: row.try_get("event_id")?,
+        kind: RunKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("run kind `{kind}`")))?,
+        source: RunSource::parse(&source)
+            .ok_or_else(|| StoreError::Corrupt(format!("run source `{source}`")))?,
+        state: RunState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
+        state_reason: row.try_get("state_reason")?,
+        provider_id: row.try_get("provider_id")?,
+        repo: row.try_get("repo")?,
+        branch: row.try_get("branch")?,
+        pr_number: row.try_get("pr_number")?,
+        head_sha: row.try_get("head_sha")?,
+        git_ref: row.try_get("git_ref")?,
+        attempt: row.try_get("attempt")?,
+        retry_of: row.try_get("retry_of")?,
+        enqueued_at: row.try_get("enqueued_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+        updated_at: row.try_get("updated_at")?,
+        plan: match (add, change, destroy) {
+            (Some(add), Some(change), Some(destroy)) => Some(PlanSummary {
+                add,
+                change,
+                destroy,
+            }),
+            _ => None,
+        },
+        apply_requested: row.try_get::<i64, _>("apply_requested")? != 0,
+        planned_at: row.try_get("planned_at")?,
+        state_version_at_plan: row.try_get("state_version_at_plan")?,
+        requested_by: row.try_get("requested_by")?,
+        policy: match row.try_get::<Option<String>, _>("policy_results")? {
+            Some(json) => Some(
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("policy results: {e}")))?,
+            ),
+            None => None,
+        },
+        policy_override: row.try_get("policy_override")?,
+        cost: match row.try_get::<Option<String>, _>("cost_estimate")? {
+            Some(json) => Some(
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Corrupt(format!("cost estimate: {e}")))?,
+            ),
+            None => None,
+        },
+    })
+}
+
+/// The newest run of each workspace among `rows` (ordered by id), by workspace name.
+fn newest_per_workspace(rows: &[sqlx::any::AnyRow]) -> StoreResult<Vec<Run>> {
+    let mut latest: Vec<Run> = Vec::new();
+    for row in rows {
+        let run = run_from_row(row)?;
+        match latest.iter_mut().find(|r| r.workspace == run.workspace) {
+            Some(slot) => *slot = run,
+            None => latest.push(run),
+        }
+    }
+    latest.sort_by(|a, b| a.workspace.cmp(&b.workspace));
+    Ok(latest)
+}
+
+pub(super) async fn insert_transition(
+    tx: &mut Transaction<'_, Any>,
+    run_id: i64,
+    state: &str,
+    reason: Option<&str>,
+    at: i64,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO run_transitions (run_id, state, reason, at) VALUES ($1, $2, $3, $4)")
+        .bind(run_id)
+        .bind(state)
+        .bind(reason)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub(super) async fn insert_run(
+    tx: &mut Transaction<'_, Any>,
+    r: &NewRun,
+    now: i64,
+) -> StoreResult<Run> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO runs (workspace, event_id, kind, source, state, provider_id, repo, branch, pr_number,
+                           head_sha, git_ref, attempt, enqueued_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, 1, $11, $11)
+         RETURNING {RUN_COLUMNS}"
+    ))
+    .bind(&r.workspace)
+    .bind(r.event_id)
+    .bind(r.kind.as_str())
+    .bind(r.source.as_str())
+    .bind(&r.provider_id)
+    .bind(&r.repo)
+    .bind(&r.branch)
+    .bind(r.pr_number)
+    .bind(&r.head_sha)
+    .bind(&r.git_ref)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    let run = run_from_row(&row)?;
+    insert_transition(tx, run.id, "queued", None, now).await?;
+    Ok(run)
+}
+
+/// One recorded state change of a run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transition {
+    pub state: String,
+    pub reason: Option<String>,
+    pub at: i64,
+}
+
+impl Store {
+    /// Enqueues runs outside any webhook (tests, API).
+    pub async fn insert_runs(&self, runs: &[NewRun]) -> StoreResult<Vec<Run>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::new();
+        for r in runs {
+            out.push(insert_run(&mut tx, r, now).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Claims the oldest queued run whose workspace has no active run, moving it
+    /// to `fetching` under a lease held by `node`.
+    pub async fn claim_run(&self, node: &str, lease: Duration) -> StoreResult<Option<Run>> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE runs SET state = 'fetching', claimed_by = $1, lease_until = $2, started_at = $3, updated_at = $3
+             WHERE id = (
+                 SELECT r.id FROM runs r
+                 WHERE r.state = 'queued'
+                   AND NOT EXISTS (SELECT 1 FROM runs a WHERE a.workspace = r.workspace AND a.state IN {ACTIVE})
+                 ORDER BY r.enqueued_at, r.id LIMIT 1 {lock})
+             RETURNING {RUN_COLUMNS}"
+        );
+        let mut tx = self.pool.begin().await?;
+        let result = sqlx::query(&sql)
+            .bind(node)
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            // Another replica claimed a run of the same workspace at the same moment.
+            Err(e) if is_unique_violation(&e) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let Some(row) = row else { return Ok(None) };
+        let run = run_from_row(&row)?;
+        insert_transition(&mut tx, run.id, "fetching", None, now).await?;
+        tx.commit().await?;
+        Ok(Some(run))
+    }
+
+    /// Moves a run from one of `from` to `to`. Returns false (and changes nothing)
+    /// when the run is not in one of `from`. Terminal states set `finished_at` and
+    /// release the lease.
+    pub async fn transition(
+        &self,
+        id: i64,
+        from: &[RunState],
+        to: RunState,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let now = now_ms();
+        let from_sql = from
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let terminal = to.is_terminal();
+        let sql = format!(
+            "UPDATE runs SET state = $2, state_reason = $3, updated_at = $4
+                 {}
+             WHERE id = $1 AND state IN ({from_sql})",
+            if terminal {
+                ", finished_at = $4, claimed_by = NULL, lease_until = NULL"
+            } else {
+                ""
+            }
+        );
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(&sql)
+            .bind(id)
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_transition(&mut tx, id, to.as_str(), reason, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a finished plan on a `planning` run (its state is moved by the
+    /// caller): the summary, when it was made, and the state version it saw.
+    pub async fn record_plan(
+        &self,
+        id: i64,
+        summary: PlanSummary,
+        state_version: Option<i64>,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE runs SET plan_add = $2, plan_change = $3, plan_destroy = $4, planned_at = $5,
+                             state_version_at_plan = $6, updated_at = $5
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(summary.add)
+        .bind(summary.change)
+        .bind(summary.destroy)
+        .bind(now_ms())
+        .bind(state_version)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_cost_estimate(
+        &self,
+        id: i64,
+        estimate: &crate::cost::CostEstimate,
+    ) -> StoreResult<()> {
+        let json =
+            serde_json::to_string(estimate).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE runs SET cost_estimate = $2 WHERE id = $1")
+            .bind(id)
+            .bind(json)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_policy_results(
+        &self,
+        id: i64,
+        checks: &[crate::policy::groups::PolicyCheck],
+    ) -> StoreResult<()> {
+        let json = serde_json::to_string(checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query("UPDATE runs SET policy_results = $2 WHERE id = $1")
+            .bind(id)
+            .bind(json)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records an override of the run's soft-mandatory failures. False when
+    /// it was already overridden.
+    pub async fn override_policy(&self, id: i64, by: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET policy_override = $2 WHERE id = $1 AND policy_override IS NULL",
+        )
+        .bind(id)
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Queues the apply of a run's saved plan (a confirmation or `/gantry apply`).
+    /// Only a `planned` or `needs_confirmation` run with a plan can be applied.
+    pub async fn request_apply(&self, id: i64, actor: &str) -> StoreResult<bool> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET state = 'queued', apply_requested = 1, requested_by = $2, state_reason = NULL,
+                             enqueued_at = $3, updated_at = $3, finished_at = NULL
+             WHERE id = $1 AND state IN ('planned', 'needs_confirmation') AND planned_at IS NOT NULL",
+        )
+        .bind(id)
+        .bind(actor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_transition(
+            &mut tx,
+            id,
+            "queued",
+            Some(&format!("apply requested by {actor}")),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// An `applied` run of `workspace` other than `except` that finished after
+    /// `since` (ms): a plan made at `since` is stale.
+    pub async fn applied_since(
+        &self,
+        workspace: &str,
+        since: i64,
+        except: i64,
+    ) -> StoreResult<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(id) FROM runs WHERE workspace = $1 AND state = 'applied' AND finished_at >= $2 AND id <> $3",
+        )
+        .bind(workspace)
+        .bind(since)
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Asks for a run to stop: a queued (or waiting) run is canceled at once;
+    /// an active one is flagged, and its worker stops it. False when the run is
+    /// already finished.
+    pub async fn request_cancel(&self, id: i64, actor: &str) -> StoreResult<bool> {
+        let reason = format!("canceled by {actor}");
+        if self
+            .transition(
+                id,
+                &[RunState::Queued, RunState::NeedsConfirmation],
+                RunState::Canceled,
+                Some(&reason),
+            )
+            .await?
+        {
+            return Ok(true);
+        }
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND state IN {ACTIVE}"
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Extends the lease of an active run held by `node`. `None` when the run
+    /// is no longer ours; otherwise whether a cancel was requested.
+    pub async fn heartbeat(
+        &self,
+        id: i64,
+        node: &str,
+        lease: Duration,
+    ) -> StoreResult<Option<bool>> {
+        let flag: Option<i64> = sqlx::query_scalar(&format!(
+            "UPDATE runs SET lease_until = $3 WHERE id = $1 AND claimed_by = $2 AND state IN {ACTIVE}
+             RETURNING cancel_requested"
+        ))
+        .bind(id)
+        .bind(node)
+        .bind(now_ms() + lease.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(flag.map(|f| f != 0))
+    }
+
+    /// Marks runs whose worker died `errored` ("interrupted"): those whose lease
+    /// expired and, right after a restart, those this node held. A plan that was
+    /// interrupted on its first attempt is queued again once, keeping its place.
+    pub async fn reap_runs(&self, own_node_restarted: Option<&str>) -> StoreResult<Vec<Run>> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE runs SET state = 'errored', finished_at = $1, updated_at = $1,
+                             state_reason = CASE WHEN state = 'applying' THEN 'interrupted during apply' ELSE 'interrupted' END,
+                             claimed_by = NULL, lease_until = NULL
+             WHERE state IN {ACTIVE} AND (lease_until < $1 OR claimed_by = $2)
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(own_node_restarted.unwrap_or(""))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let run = run_from_row(row)?;
+            let reason = run.state_reason.clone().unwrap_or_default();
+            insert_transition(&mut tx, run.id, "errored", Some(&reason), now).await?;
+            if reason == "interrupted during apply" {
+                // Nobody knows what the apply changed: stop further applies until a person looks.
+                sqlx::query(
+                    "INSERT INTO workspace_locks (workspace, reason, locked_by, run_id, locked_at)
+                     VALUES ($1, $2, 'gantry', $3, $4) ON CONFLICT (workspace) DO NOTHING",
+                )
+                .bind(&run.workspace)
+                .bind(format!(
+                    "run {} was interrupted during apply; check the state, then unlock",
+                    run.id
+                ))
+                .bind(run.id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO audit_log (at, actor, action, workspace, run_id, commit_sha, detail)
+                     VALUES ($1, 'gantry', 'lock', $2, $3, $4, 'interrupted during apply')",
+                )
+                .bind(now)
+                .bind(&run.workspace)
+                .bind(run.id)
+                .bind(&run.head_sha)
+                .execute(&mut *tx)
+                .await?;
+            } else if !run.apply_requested && run.attempt == 1 {
+                let retry = sqlx::query(&format!(
+                    "INSERT INTO runs (workspace, event_id, kind, source, state, provider_id, repo, branch, pr_number,
+                                       head_sha, git_ref, attempt, retry_of, enqueued_at, updated_at)
+                     SELECT workspace, event_id, kind, source, 'queued', provider_id, repo, branch, pr_number,
+                            head_sha, git_ref, attempt + 1, id, enqueued_at, $2
+                     FROM runs WHERE id = $1
+                     RETURNING {RUN_COLUMNS}"
+                ))
+                .bind(run.id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                let retry = run_from_row(&retry)?;
+                insert_transition(
+                    &mut tx,
+                    retry.id,
+                    "queued",
+                    Some(&format!("retry of interrupted run {}", run.id)),
+                    now,
+                )
+                .await?;
+            }
+            out.push(run);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub async fn run(&self, id: i64) -> StoreResult<Option<Run>> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    /// Newest first; `workspace` filters.
+    pub async fn list_runs(&self, workspace: Option<&str>, limit: i64) -> StoreResult<Vec<Run>> {
+        let rows = match workspace {
+            Some(w) => {
+                sqlx::query(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE workspace = $1 ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(w)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub async fn count_runs(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// The newest run of each workspace.
+    pub async fn latest_runs(&self) -> StoreResult<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY workspace)"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub async fn transitions(&self, run_id: i64) -> StoreResult<Vec<Transition>> {
+        let rows = sqlx::query(
+            "SELECT state, reason, at FROM run_transitions WHERE run_id = $1 ORDER BY id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Transition {
+                    state: r.try_get("state")?,
+                    reason: r.try_get("reason")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The runs of a pull request's newest head commit (the newest run per
+    /// workspace), with that commit's sha. Superseded runs are left out.
+    pub async fn pr_head_runs(
+        &self,
+        provider_id: &str,
+        repo: &str,
+        pr: i64,
+    ) -> StoreResult<Option<(String, Vec<Run>)>> {
+        let head: Option<String> = sqlx::query_scalar(
+            "SELECT head_sha FROM runs WHERE id = (
+                 SELECT MAX(id) FROM runs WHERE provider_id = $1 AND repo = $2 AND pr_number = $3)",
+        )
+        .bind(provider_id)
+        .bind(repo)
+        .bind(pr)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(head) = head else { return Ok(None) };
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE provider_id = $1 AND repo = $2 AND pr_number = $3 AND head_sha = $4 AND state <> 'superseded'
+             ORDER BY id"
+        ))
+        .bind(provider_id)
+        .bind(repo)
+        .bind(pr)
+        .bind(&head)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some((head, newest_per_workspace(&rows)?)))
+    }
+}
+
+impl Store {
+    pub async fn set_plan_text(&self, run_id: i64, text: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO run_outputs (run_id, plan_text) VALUES ($1, $2)
+             ON CONFLICT (run_id) DO UPDATE SET plan_text = excluded.plan_text",
+        )
+        .bind(run_id)
+        .bind(text)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn plan_text(&self, run_id: i64) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT plan_text FROM run_outputs WHERE run_id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
+
+impl Store {
+    pub async fn set_apply_text(&self, run_id: i64, text: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO run_outputs (run_id, plan_text, apply_text) VALUES ($1, '', $2)
+             ON CONFLICT (run_id) DO UPDATE SET apply_text = excluded.apply_text",
+        )
+        .bind(run_id)
+        .bind(text)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn apply_text(&self, run_id: i64) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar::<_, Option<String>>(
+            "SELECT apply_text FROM run_outputs WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
+    /// The newest run per workspace of one kind at one commit (an apply comment's rows).
+    pub async fn commit_runs(
+        &self,
+        provider_id: &str,
+        repo: &str,
+        sha: &str,
+        kind: RunKind,
+    ) -> StoreResult<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE provider_id = $1 AND repo = $2 AND head_sha = $3 AND kind = $4 ORDER BY id"
+        ))
+        .bind(provider_id)
+        .bind(repo)
+        .bind(sha)
+        .bind(kind.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        newest_per_workspace(&rows)
+    }
+}
+
+impl Store {
+    /// The newest run of a workspace that made a plan (its plan JSON is in the run's artifacts).
+    pub async fn latest_planned_run(&self, workspace: &str) -> StoreResult<Option<Run>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE workspace = $1 AND planned_at IS NOT NULL ORDER BY id DESC LIMIT 1"
+        ))
+        .bind(workspace)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+}
+
+/// What happened to a scheduled drift tick.
+#[derive(Debug, Clone)]
+pub enum TickOutcome {
+    /// Another replica (or an earlier pass) already handled this tick.
+    AlreadyHandled,
+    /// The workspace had a run active or queued: no drift run, recorded as skipped.
+    Skipped,
+    Queued(Box<Run>),
+}
+
+impl Store {
+    /// Handles one drift tick exactly once: records it (unique per workspace
+    /// and tick), then queues `run` unless the workspace already has a run
+    /// active or queued, in which case the tick is recorded as skipped.
+    pub async fn claim_drift_tick(&self, tick_at: i64, run: &NewRun) -> StoreResult<TickOutcome> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO drift_ticks (workspace, tick_at, outcome, created_at) VALUES ($1, $2, 'claimed', $3)
+             ON CONFLICT (workspace, tick_at) DO NOTHING",
+        )
+        .bind(&run.workspace)
+        .bind(tick_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(TickOutcome::AlreadyHandled);
+        }
+        let busy: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM runs WHERE workspace = $1 AND (state = 'queued' OR state IN {ACTIVE})"
+        ))
+        .bind(&run.workspace)
+        .fetch_one(&mut *tx)
+        .await?;
+        if busy > 0 {
+            sqlx::query(
+                "UPDATE drift_ticks SET outcome = 'skipped' WHERE workspace = $1 AND tick_at = $2",
+            )
+            .bind(&run.workspace)
+            .bind(tick_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(TickOutcome::Skipped);
+        }
+        let created = insert_run(&mut tx, run, now).await?;
+        sqlx::query("UPDATE drift_ticks SET outcome = 'queued', run_id = $3 WHERE workspace = $1 AND tick_at = $2")
+            .bind(&run.workspace)
+            .bind(tick_at)
+            .bind(created.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(TickOutcome::Queued(Box::new(created)))
+    }
+
+    /// The newest drift tick handled for a workspace (ms).
+    pub async fn last_drift_tick(&self, workspace: &str) -> StoreResult<Option<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT MAX(tick_at) FROM drift_ticks WHERE workspace = $1")
+                .bind(workspace)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// `(tick_at, outcome, run_id)` of a workspace's drift ticks, newest first.
+    pub async fn drift_ticks(
+        &self,
+        workspace: &str,
+    ) -> StoreResult<Vec<(i64, String, Option<i64>)>> {
+        let rows = sqlx::query("SELECT tick_at, outcome, run_id FROM drift_ticks WHERE workspace = $1 ORDER BY tick_at DESC")
+            .bind(workspace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("tick_at")?,
+                    r.try_get("outcome")?,
+                    r.try_get("run_id")?,
+                ))
+            })
+            .collect()
+    }
+}

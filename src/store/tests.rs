@@ -1,0 +1,307 @@
+//! Queue semantics on both engines: SQLite always, PostgreSQL when
+//! `GANTRY_TEST_POSTGRES_URL` is set.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::*;
+use crate::runs::{RunKind, RunSource, RunState};
+
+async fn stores() -> Vec<(Store, tempfile::TempDir)> {
+    let mut out = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let s = Store::connect(&SecretString::from(url)).await.unwrap();
+    s.migrate().await.unwrap();
+    out.push((s, dir));
+    if let Ok(admin) = std::env::var("GANTRY_TEST_POSTGRES_URL") {
+        if !admin.is_empty() {
+            use sqlx::Connection;
+            let name = format!("gantry_unit_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .unwrap();
+            let base = admin.split('?').next().unwrap();
+            let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+            let s = Store::connect(&SecretString::from(url)).await.unwrap();
+            s.migrate().await.unwrap();
+            out.push((s, tempfile::tempdir().unwrap()));
+        }
+    }
+    out
+}
+
+fn new_run(ws: &str, pr: Option<i64>, sha: &str, event_id: Option<i64>) -> NewRun {
+    NewRun {
+        workspace: ws.into(),
+        event_id,
+        kind: RunKind::Plan,
+        source: if pr.is_some() {
+            RunSource::PullRequest
+        } else {
+            RunSource::Push
+        },
+        provider_id: "github".into(),
+        repo: "acme/infra".into(),
+        branch: "main".into(),
+        pr_number: pr,
+        head_sha: sha.into(),
+        git_ref: "refs/pull/7/head".into(),
+    }
+}
+
+fn event(delivery: &str) -> NewEvent {
+    NewEvent {
+        provider_id: "github".into(),
+        delivery_id: delivery.into(),
+        event_type: "pull_request".into(),
+        action: Some("opened".into()),
+        repo: Some("acme/infra".into()),
+        body: "{}".into(),
+        state: "pending",
+        detail: None,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn deliveries_are_deduplicated() {
+    for (s, _d) in stores().await {
+        let id = s.insert_event(&event("a")).await.unwrap();
+        assert!(id.is_some());
+        assert_eq!(s.insert_event(&event("a")).await.unwrap(), None);
+        assert_eq!(s.count_events().await.unwrap(), 1);
+    }
+}
+
+#[tokio::test]
+async fn one_active_run_per_workspace_in_arrival_order() {
+    for (s, _d) in stores().await {
+        let runs = s
+            .insert_runs(&[
+                new_run("a", None, "1", None),
+                new_run("a", None, "2", None),
+                new_run("b", None, "3", None),
+            ])
+            .await
+            .unwrap();
+        let first = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        assert_eq!(first.id, runs[0].id);
+        assert_eq!(first.state, RunState::Fetching);
+        // a is busy: the next claim skips a's second run and takes b's.
+        let second = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        assert_eq!(second.id, runs[2].id);
+        assert!(s.claim_run("n1", LEASE).await.unwrap().is_none());
+        assert!(s
+            .transition(first.id, &[RunState::Fetching], RunState::Planning, None)
+            .await
+            .unwrap());
+        s.record_plan(
+            first.id,
+            crate::runs::PlanSummary {
+                add: 1,
+                change: 0,
+                destroy: 0,
+            },
+            Some(0),
+        )
+        .await
+        .unwrap();
+        assert!(s
+            .transition(first.id, &[RunState::Planning], RunState::Planned, None)
+            .await
+            .unwrap());
+        let third = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        assert_eq!(third.id, runs[1].id);
+        let states: Vec<String> = s
+            .transitions(first.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.state)
+            .collect();
+        assert_eq!(states, ["queued", "fetching", "planning", "planned"]);
+        // A finished run cannot move again.
+        assert!(!s
+            .transition(
+                first.id,
+                &[RunState::Fetching, RunState::Planning],
+                RunState::Errored,
+                Some("x")
+            )
+            .await
+            .unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_newer_commit_supersedes_queued_runs_of_the_pull_request() {
+    for (s, _d) in stores().await {
+        let e1 = s.insert_event(&event("e1")).await.unwrap().unwrap();
+        let e2 = s.insert_event(&event("e2")).await.unwrap().unwrap();
+        let old = s
+            .complete_dispatch(
+                e1,
+                "d",
+                &[
+                    new_run("a", Some(7), "old", Some(e1)),
+                    new_run("b", Some(7), "old", Some(e1)),
+                ],
+                None,
+            )
+            .await
+            .unwrap();
+        // b's run is already running: it is not superseded.
+        let running = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        assert_eq!(running.id, old[0].id);
+        let sup = Supersede {
+            provider_id: "github".into(),
+            repo: "acme/infra".into(),
+            pr_number: 7,
+            head_sha: "new".into(),
+        };
+        let new = s
+            .complete_dispatch(
+                e2,
+                "d",
+                &[new_run("a", Some(7), "new", Some(e2))],
+                Some(&sup),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            s.run(old[1].id).await.unwrap().unwrap().state,
+            RunState::Superseded
+        );
+        assert_eq!(
+            s.run(old[0].id).await.unwrap().unwrap().state,
+            RunState::Fetching
+        );
+        assert_eq!(
+            s.run(new[0].id).await.unwrap().unwrap().state,
+            RunState::Queued
+        );
+        let (head, runs) = s
+            .pr_head_runs("github", "acme/infra", 7)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(head, "new");
+        assert_eq!(runs.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn interrupted_plans_are_marked_and_requeued_once() {
+    for (s, _d) in stores().await {
+        let runs = s
+            .insert_runs(&[new_run("a", None, "1", None)])
+            .await
+            .unwrap();
+        let claimed = s.claim_run("dead-node", LEASE).await.unwrap().unwrap();
+        assert_eq!(claimed.id, runs[0].id);
+        // Another node's live lease is left alone.
+        assert!(s.reap_runs(Some("other")).await.unwrap().is_empty());
+        let reaped = s.reap_runs(Some("dead-node")).await.unwrap();
+        assert_eq!(reaped.len(), 1);
+        let old = s.run(claimed.id).await.unwrap().unwrap();
+        assert_eq!(
+            (old.state, old.state_reason.as_deref()),
+            (RunState::Errored, Some("interrupted"))
+        );
+        let retry = s.claim_run("n2", LEASE).await.unwrap().unwrap();
+        assert_eq!((retry.attempt, retry.retry_of), (2, Some(claimed.id)));
+        // The retry dies too: not queued a third time.
+        s.reap_runs(Some("n2")).await.unwrap();
+        assert!(s.claim_run("n3", LEASE).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn events_of_one_repository_dispatch_one_at_a_time() {
+    for (s, _d) in stores().await {
+        let a = s.insert_event(&event("a")).await.unwrap().unwrap();
+        let b = s.insert_event(&event("b")).await.unwrap().unwrap();
+        let first = s.claim_event("n", LEASE).await.unwrap().unwrap();
+        assert_eq!(first.id, a);
+        assert!(
+            s.claim_event("n", LEASE).await.unwrap().is_none(),
+            "b waits for a"
+        );
+        s.complete_dispatch(a, "done", &[], None).await.unwrap();
+        assert_eq!(s.claim_event("n", LEASE).await.unwrap().unwrap().id, b);
+        // A dispatcher that died gives its event back.
+        assert_eq!(s.reap_events(Some("n")).await.unwrap(), 1);
+        assert_eq!(s.claim_event("m", LEASE).await.unwrap().unwrap().id, b);
+    }
+}
+
+#[tokio::test]
+async fn the_pr_comment_slot_is_held_by_one_process_at_a_time_on_postgres() {
+    for (s, _d) in stores().await {
+        let first = s
+            .lock_pr_comment("github", "acme/infra", 7, "plan")
+            .await
+            .unwrap();
+        assert_eq!(first.comment_id, None);
+        if s.backend() == Backend::Postgres {
+            // A second replica waits until the first has made the comment, then sees it.
+            let other = s.clone();
+            let waiter = tokio::spawn(async move {
+                other
+                    .lock_pr_comment("github", "acme/infra", 7, "plan")
+                    .await
+                    .unwrap()
+                    .comment_id
+            });
+            // Give the waiter time to reach the row lock; were it not blocked it
+            // would read the empty placeholder and return None.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!waiter.is_finished(), "the second locker must wait");
+            first.finish(Some("1001")).await.unwrap();
+            assert_eq!(waiter.await.unwrap().as_deref(), Some("1001"));
+        } else {
+            first.finish(Some("1001")).await.unwrap();
+            let again = s
+                .lock_pr_comment("github", "acme/infra", 7, "plan")
+                .await
+                .unwrap();
+            assert_eq!(again.comment_id.as_deref(), Some("1001"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_drift_tick_is_handled_once_and_skipped_when_the_workspace_is_busy() {
+    for (s, _d) in stores().await {
+        let mut drift = new_run("dns", None, "abc", None);
+        drift.kind = RunKind::Drift;
+        let first = s.claim_drift_tick(1_000, &drift).await.unwrap();
+        assert!(matches!(first, TickOutcome::Queued(_)));
+        assert!(matches!(
+            s.claim_drift_tick(1_000, &drift).await.unwrap(),
+            TickOutcome::AlreadyHandled
+        ));
+        // The drift run of the first tick is still queued: the next tick is skipped.
+        assert!(matches!(
+            s.claim_drift_tick(2_000, &drift).await.unwrap(),
+            TickOutcome::Skipped
+        ));
+        assert_eq!(s.last_drift_tick("dns").await.unwrap(), Some(2_000));
+        let ticks = s.drift_ticks("dns").await.unwrap();
+        assert_eq!(ticks[0].1, "skipped");
+        assert_eq!(ticks[1].1, "queued");
+        assert_eq!(s.count_runs().await.unwrap(), 1);
+        // While that run is active (claimed by a worker) the next tick is skipped too.
+        let active = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        assert_eq!(active.state, RunState::Fetching);
+        assert!(matches!(
+            s.claim_drift_tick(3_000, &drift).await.unwrap(),
+            TickOutcome::Skipped
+        ));
+        assert_eq!(s.count_runs().await.unwrap(), 1);
+    }
+}

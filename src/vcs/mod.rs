@@ -1,0 +1,250 @@
+//! Version-control providers: the [`VcsProvider`] trait (the border tests point
+//! at a fake API), the provider-neutral events webhooks are normalized into, and
+//! one file per provider.
+
+pub mod github;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::HeaderMap;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, ProviderConfig, ProviderKind};
+
+/// A webhook that failed verification or parsing. Nothing is stored for it.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// What a verified webhook means to gantry.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// An event to store. `actionable` events are dispatched (they may start
+    /// runs); others are only recorded (a closed pull request, a ping).
+    Event {
+        delivery_id: String,
+        event_type: String,
+        action: Option<String>,
+        event: Box<VcsEvent>,
+        actionable: bool,
+    },
+    /// Verified, understood, and of no interest (unknown event type, an action
+    /// gantry does not act on, a tag push, a deleted branch).
+    Ignored { event_type: String, reason: String },
+}
+
+/// A provider-neutral event, stored as JSON with the delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VcsEvent {
+    PullRequest(PullRequestEvent),
+    Push(PushEvent),
+    /// A `/gantry …` comment on a pull request.
+    Command(CommandEvent),
+    Ping {
+        zen: Option<String>,
+    },
+}
+
+impl VcsEvent {
+    pub fn repo(&self) -> Option<&str> {
+        match self {
+            VcsEvent::PullRequest(pr) => Some(&pr.repo),
+            VcsEvent::Push(p) => Some(&p.repo),
+            VcsEvent::Command(c) => Some(&c.repo),
+            VcsEvent::Ping { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrAction {
+    Opened,
+    Reopened,
+    Synchronize,
+    ReadyForReview,
+    Closed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullRequestEvent {
+    pub action: PrAction,
+    pub repo: String,
+    pub number: i64,
+    pub title: String,
+    pub author: String,
+    pub head_sha: String,
+    pub head_ref: String,
+    pub base_ref: String,
+    pub base_sha: String,
+    pub draft: bool,
+    pub merged: bool,
+    /// The head branch lives in a fork (another repository).
+    #[serde(default)]
+    pub from_fork: bool,
+    /// The ref the provider keeps for the head commit (`refs/pull/N/head`).
+    pub fetch_ref: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushEvent {
+    pub repo: String,
+    pub branch: String,
+    pub before: String,
+    pub after: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandEvent {
+    pub repo: String,
+    pub pr_number: i64,
+    /// The commenter's login.
+    pub author: String,
+    pub command: crate::commands::Command,
+}
+
+/// What gantry needs to know about an open pull request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullRequestInfo {
+    pub head_sha: String,
+    pub base_ref: String,
+    pub fetch_ref: String,
+    /// `None` while the provider is still computing it.
+    pub mergeable: Option<bool>,
+    pub open: bool,
+    pub from_fork: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+/// A commit status for one workspace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitStatus {
+    pub state: StatusState,
+    /// `gantry/<workspace>`.
+    pub context: String,
+    pub description: String,
+    pub target_url: Option<String>,
+}
+
+/// A provider API failure, classified so callers can retry, report or give up.
+#[derive(Debug, thiserror::Error)]
+pub enum VcsError {
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    #[error("provider error (HTTP {status}): {message}")]
+    Server { status: u16, message: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl VcsError {
+    /// Worth trying again after a pause.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, VcsError::RateLimited(_) | VcsError::Server { .. })
+    }
+}
+
+/// Username and password for git over HTTPS.
+#[derive(Clone)]
+pub struct GitCredentials {
+    pub username: String,
+    pub password: SecretString,
+}
+
+/// One VCS provider instance (a `providers[]` entry).
+#[async_trait]
+pub trait VcsProvider: Send + Sync {
+    fn id(&self) -> &str;
+    /// Largest comment body the provider accepts, with a safety margin.
+    fn comment_limit(&self) -> usize;
+    /// Verifies a webhook's authenticity, then parses it.
+    fn parse_webhook(&self, headers: &HeaderMap, body: &[u8]) -> Result<Incoming, WebhookError>;
+    fn clone_url(&self, repo: &str) -> String;
+    async fn git_credentials(&self, repo: &str) -> Result<Option<GitCredentials>, VcsError>;
+    async fn set_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        status: &CommitStatus,
+    ) -> Result<(), VcsError>;
+    /// Creates a comment on a pull request; returns its id.
+    async fn create_comment(&self, repo: &str, pr: i64, body: &str) -> Result<String, VcsError>;
+    async fn update_comment(
+        &self,
+        repo: &str,
+        pr: i64,
+        comment_id: &str,
+        body: &str,
+    ) -> Result<(), VcsError>;
+    async fn pull_request(&self, repo: &str, pr: i64) -> Result<PullRequestInfo, VcsError>;
+    /// Whether the pull request is approved (and no reviewer requests changes).
+    async fn is_approved(&self, repo: &str, pr: i64) -> Result<bool, VcsError>;
+    /// Whether `user` may push to the repository.
+    async fn can_write(&self, repo: &str, user: &str) -> Result<bool, VcsError>;
+    /// Opens an issue; returns its number.
+    async fn create_issue(&self, repo: &str, title: &str, body: &str) -> Result<i64, VcsError>;
+    /// Replaces an issue's body, or closes it (with `body` as its last text).
+    async fn update_issue(
+        &self,
+        repo: &str,
+        number: i64,
+        body: &str,
+        close: bool,
+    ) -> Result<(), VcsError>;
+    /// The pull request a (merge) commit belongs to, if any.
+    async fn pull_request_for_commit(&self, repo: &str, sha: &str)
+        -> Result<Option<i64>, VcsError>;
+    /// The newest comment on the pull request whose body contains `marker`.
+    async fn find_comment(
+        &self,
+        repo: &str,
+        pr: i64,
+        marker: &str,
+    ) -> Result<Option<String>, VcsError>;
+}
+
+/// The providers of one configuration, by id.
+#[derive(Clone, Default)]
+pub struct Providers(HashMap<String, Arc<dyn VcsProvider>>);
+
+impl Providers {
+    pub fn from_config(config: &Config) -> anyhow::Result<Providers> {
+        let mut map: HashMap<String, Arc<dyn VcsProvider>> = HashMap::new();
+        for p in &config.providers {
+            map.insert(p.id.clone(), build(p)?);
+        }
+        Ok(Providers(map))
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<dyn VcsProvider>> {
+        self.0.get(id).cloned()
+    }
+}
+
+fn build(p: &ProviderConfig) -> anyhow::Result<Arc<dyn VcsProvider>> {
+    Ok(match p.kind {
+        ProviderKind::Github => Arc::new(github::GitHub::new(p)?),
+    })
+}

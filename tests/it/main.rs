@@ -1,0 +1,16 @@
+//! Integration tests, one binary (see CONVENTIONS.md): real app, real git,
+//! real terraform, fake GitHub API, SQLite and PostgreSQL.
+
+mod support;
+
+mod apply;
+mod cli;
+mod commands;
+mod drift;
+mod github_app;
+mod ingest;
+mod policy;
+mod pr_checks;
+mod reload;
+mod restart;
+mod runner;

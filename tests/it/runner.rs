@@ -1,0 +1,125 @@
+//! The local runner: a clean environment for terraform, and a timeout that
+//! stops the whole process group.
+
+use std::time::{Duration, Instant};
+
+use gantry::runner::{LocalRunner, PlanRequest, Runner, RunnerError};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::origin::{null_config, write_script};
+use crate::support::*;
+
+fn daemon_env(name: &str) -> Option<String> {
+    match name {
+        "AWS_REGION" => Some("eu-west-1".into()),
+        "AWS_SECRET_ACCESS_KEY" => Some("aws-secret-value-123".into()),
+        other => test_env_lookup(other),
+    }
+}
+
+#[tokio::test]
+async fn terraform_sees_only_what_the_operator_passes() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let dump = env.dir.path().join("env.txt");
+    let wrapper = env.dir.path().join("tf-wrapper");
+    write_script(&wrapper,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = plan ]; then env > \"{}\"; echo \"secret is $AWS_SECRET_ACCESS_KEY\"; fi\nexec \"{}\" \"$@\"\n",
+            dump.display(),
+            terraform_bin()
+        ),
+    );
+    let yaml = env
+        .config_yaml(TestEnv::standard_workspaces(), 1, "127.0.0.1:0", &wrapper.display().to_string())
+        .replace("  timeout: 5m\n", "  timeout: 5m\n  pass_env: [AWS_REGION, AWS_SECRET_ACCESS_KEY]\n  env:\n    TF_VAR_team: platform\n");
+    let config = env.load_config(&yaml);
+    let runner = LocalRunner::from_config(&config, &daemon_env).unwrap();
+    let work = env.dir.path().join("ws");
+    write_file(&work.join("main.tf"), &null_config("x"));
+
+    let out = runner
+        .plan(
+            &PlanRequest {
+                workdir: work,
+                artifacts: env.dir.path().join("artifacts"),
+                timeout: Duration::from_secs(120),
+            },
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.summary.add, 1);
+    assert!(out.plan_json.exists() && out.plan_file.exists());
+
+    let seen = std::fs::read_to_string(&dump).unwrap();
+    for expected in [
+        "TF_IN_AUTOMATION=1",
+        "AWS_REGION=eu-west-1",
+        "TF_VAR_team=platform",
+        "TF_PLUGIN_CACHE_DIR=",
+        "TF_CLI_CONFIG_FILE=",
+    ] {
+        assert!(
+            seen.contains(expected),
+            "{expected} missing from terraform's environment:\n{seen}"
+        );
+    }
+    for secret in [GITHUB_TOKEN, WEBHOOK_SECRET, API_TOKEN] {
+        assert!(!seen.contains(secret), "a daemon secret reached terraform");
+    }
+    // Secret-looking pass-through values are redacted from captured output.
+    assert!(out.plan_text.contains("secret is ***"), "{}", out.plan_text);
+    let log = std::fs::read_to_string(env.dir.path().join("artifacts/log.txt")).unwrap();
+    assert!(!log.contains("aws-secret-value-123"));
+}
+
+#[tokio::test]
+async fn a_run_past_its_timeout_is_killed() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let marker = env.dir.path().join("still-running");
+    let wrapper = env.dir.path().join("tf-hang");
+    // plan hangs in a child process of the wrapper: the whole group must go.
+    write_script(&wrapper,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = plan ]; then (sleep 3; touch \"{}\") & wait; fi\nexec \"{}\" \"$@\"\n",
+            marker.display(),
+            terraform_bin()
+        ),
+    );
+    let yaml = env.config_yaml(
+        TestEnv::standard_workspaces(),
+        1,
+        "127.0.0.1:0",
+        &wrapper.display().to_string(),
+    );
+    let runner = LocalRunner::from_config(&env.load_config(&yaml), &test_env_lookup)
+        .unwrap()
+        .with_interrupt_grace(Duration::from_millis(500));
+    let work = env.dir.path().join("ws");
+    write_file(&work.join("main.tf"), &null_config("x"));
+    let started = Instant::now();
+    let err = runner
+        .plan(
+            &PlanRequest {
+                workdir: work,
+                artifacts: env.dir.path().join("artifacts"),
+                timeout: Duration::from_millis(500),
+            },
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RunnerError::TimedOut {
+                step: "init" | "plan",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!marker.exists(), "the hung child survived the timeout");
+}
