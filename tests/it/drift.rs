@@ -62,6 +62,9 @@ async fn a_change_behind_terraforms_back_is_reported_as_drift() {
         let runs = app.wait_for_runs_done(1).await;
         assert_eq!(runs[0]["state"], "applied", "{db:?}");
         let applied_id = runs[0]["id"].as_i64().unwrap();
+        // The apply's final status goes out in the background: wait for it.
+        env.wait_for_final_status(&merged.to_string(), "gantry/dns")
+            .await;
         let statuses_before = env.github.statuses(&merged.to_string()).len();
 
         // Right after the apply: no drift.
