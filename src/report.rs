@@ -96,6 +96,7 @@ pub fn status_for(run: &Run, target_url: Option<String>) -> CommitStatus {
         context: status_context(&run.workspace),
         description,
         target_url,
+        pull_request: run.pr_number,
     }
 }
 

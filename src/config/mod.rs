@@ -71,14 +71,61 @@ impl std::error::Error for ConfigErrors {}
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     Github,
+    Gitlab,
+    Bitbucket,
+    AzureDevops,
 }
 
 impl ProviderKind {
+    pub const ALL: [ProviderKind; 4] = [
+        ProviderKind::Github,
+        ProviderKind::Gitlab,
+        ProviderKind::Bitbucket,
+        ProviderKind::AzureDevops,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Github => "github",
+            ProviderKind::Gitlab => "gitlab",
+            ProviderKind::Bitbucket => "bitbucket",
+            ProviderKind::AzureDevops => "azure_devops",
         }
     }
+
+    fn parse(s: &str) -> Option<ProviderKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The public service's API, when there is one.
+    fn default_api_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Github => Some("https://api.github.com"),
+            ProviderKind::Gitlab => Some("https://gitlab.com/api/v4"),
+            ProviderKind::Bitbucket => Some("https://api.bitbucket.org/2.0"),
+            // Always an organization (or collection) URL.
+            ProviderKind::AzureDevops => None,
+        }
+    }
+
+    fn default_git_url(self, api_url: &str) -> String {
+        match self {
+            ProviderKind::Github => "https://github.com/{repo}.git".into(),
+            ProviderKind::Gitlab => "https://gitlab.com/{repo}.git".into(),
+            ProviderKind::Bitbucket => "https://bitbucket.org/{repo}.git".into(),
+            ProviderKind::AzureDevops => format!("{api_url}/{{project}}/_git/{{name}}"),
+        }
+    }
+}
+
+/// Expands a clone URL template: `{repo}` is the whole repository path,
+/// `{name}` its last segment and `{project}` everything before it.
+pub fn expand_git_url(template: &str, repo: &str) -> String {
+    let (project, name) = repo.rsplit_once('/').unwrap_or(("", repo));
+    template
+        .replace("{repo}", repo)
+        .replace("{project}", project)
+        .replace("{name}", name)
 }
 
 /// How gantry authenticates to a provider's API and git remotes.
@@ -109,12 +156,18 @@ pub struct ProviderConfig {
     /// Clone URL template; `{repo}` is replaced with `owner/name`.
     pub git_url: String,
     pub auth: ProviderAuth,
+    /// Bitbucket: the user the token (an app password or API token) belongs
+    /// to, for HTTP Basic auth; without it the token is a bearer access token.
+    pub username: Option<String>,
+    /// The webhook secret; for Azure DevOps the Basic auth password.
     pub webhook_secret: SecretString,
+    /// Azure DevOps: the Basic auth user service hooks are configured with.
+    pub webhook_user: Option<String>,
 }
 
 impl ProviderConfig {
     pub fn clone_url(&self, repo: &str) -> String {
-        self.git_url.replace("{repo}", repo)
+        expand_git_url(&self.git_url, repo)
     }
 }
 
@@ -578,43 +631,69 @@ impl<'a> Validator<'a> {
             } else if !seen.insert(p.id.clone()) {
                 self.err(k("id"), format!("duplicate provider id `{}`", p.id));
             }
-            let kind = match p.kind.as_str() {
-                "github" => Some(ProviderKind::Github),
-                "gitlab" | "bitbucket" | "azure_devops" => {
-                    self.err(
-                        k("kind"),
-                        format!(
-                            "provider kind `{}` is not supported yet (supported: github)",
-                            p.kind
-                        ),
-                    );
-                    None
-                }
-                other => {
-                    self.err(
-                        k("kind"),
-                        format!("unknown provider kind `{other}` (supported: github)"),
-                    );
-                    None
+            let supported = ProviderKind::ALL.map(ProviderKind::as_str).join(", ");
+            let kind = ProviderKind::parse(&p.kind);
+            if kind.is_none() {
+                self.err(
+                    k("kind"),
+                    format!(
+                        "unknown provider kind `{}` (supported: {supported})",
+                        p.kind
+                    ),
+                );
+            }
+            let api_url = match (&p.api_url, kind.and_then(ProviderKind::default_api_url)) {
+                (Some(url), _) => url.trim_end_matches('/').to_string(),
+                (None, Some(default)) => default.to_string(),
+                (None, None) => {
+                    if kind.is_some() {
+                        self.err(
+                            k("api_url"),
+                            "required for azure_devops: the organization URL, e.g. https://dev.azure.com/ORG",
+                        );
+                    }
+                    String::new()
                 }
             };
-            let api_url = p
-                .api_url
-                .clone()
-                .unwrap_or_else(|| "https://api.github.com".to_string())
-                .trim_end_matches('/')
-                .to_string();
-            if http::Uri::try_from(api_url.as_str()).map_or(true, |u| u.scheme().is_none()) {
+            if !api_url.is_empty()
+                && http::Uri::try_from(api_url.as_str()).map_or(true, |u| u.scheme().is_none())
+            {
                 self.err(k("api_url"), format!("`{api_url}` is not an absolute URL"));
             }
-            let git_url = p
-                .git_url
-                .clone()
-                .unwrap_or_else(|| "https://github.com/{repo}.git".to_string());
-            if !git_url.contains("{repo}") {
+            let git_url = p.git_url.clone().unwrap_or_else(|| {
+                kind.unwrap_or(ProviderKind::Github)
+                    .default_git_url(&api_url)
+            });
+            if !git_url.contains("{repo}") && !git_url.contains("{name}") {
                 self.err(
                     k("git_url"),
-                    "must contain `{repo}`, replaced by owner/name",
+                    "must contain `{repo}` (the repository path) or `{project}`/`{name}`",
+                );
+            }
+            let azure = kind == Some(ProviderKind::AzureDevops);
+            match (&p.webhook_user, azure) {
+                (None, true) => self.err(
+                    k("webhook_user"),
+                    "required for azure_devops: the Basic auth user of the service hooks",
+                ),
+                (Some(_), false) => self.err(
+                    k("webhook_user"),
+                    "only azure_devops providers authenticate webhooks with a user",
+                ),
+                _ => {}
+            }
+            if p.username.is_some() && kind != Some(ProviderKind::Bitbucket) {
+                self.err(
+                    k("username"),
+                    "only bitbucket providers take a username (for an app password or API token)",
+                );
+            }
+            if (p.app_id.is_some() || p.private_key_file.is_some())
+                && kind.is_some_and(|k| k != ProviderKind::Github)
+            {
+                self.err(
+                    k("app_id"),
+                    "GitHub App authentication is only for github providers; use token_env",
                 );
             }
             let auth = match (&p.token_env, p.app_id, &p.private_key_file) {
@@ -671,7 +750,9 @@ impl<'a> Validator<'a> {
                     api_url,
                     git_url,
                     auth: auth.expect("validated"),
+                    username: p.username.clone(),
                     webhook_secret: webhook_secret.expect("validated"),
+                    webhook_user: p.webhook_user.clone(),
                 });
             }
         }
@@ -793,6 +874,11 @@ impl<'a> Validator<'a> {
                 );
             }
             let segments: Vec<&str> = w.repo.split('/').collect();
+            let kind = raw
+                .providers
+                .iter()
+                .find(|p| p.id == w.provider)
+                .and_then(|p| ProviderKind::parse(&p.kind));
             if segments.len() < 2
                 || segments
                     .iter()
@@ -802,6 +888,29 @@ impl<'a> Validator<'a> {
                     k("repo"),
                     format!("`{}` is not a repository like owner/name", w.repo),
                 );
+            } else if segments.len() > 2 {
+                match kind {
+                    Some(ProviderKind::Bitbucket) => self.err(
+                        k("repo"),
+                        format!(
+                            "`{}` is not a Bitbucket repository like workspace/repo_slug",
+                            w.repo
+                        ),
+                    ),
+                    Some(ProviderKind::AzureDevops) => self.err(
+                        k("repo"),
+                        format!(
+                            "`{}` is not an Azure DevOps repository like project/repository",
+                            w.repo
+                        ),
+                    ),
+                    // GitLab groups nest; GitHub names have one slash.
+                    Some(ProviderKind::Github) => self.err(
+                        k("repo"),
+                        format!("`{}` is not a repository like owner/name", w.repo),
+                    ),
+                    _ => {}
+                }
             }
             if w.branch.trim().is_empty() {
                 self.err(k("branch"), "must not be empty");

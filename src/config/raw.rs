@@ -106,7 +106,11 @@ pub struct RawProvider {
     pub app_id: Option<u64>,
     #[serde(default)]
     pub private_key_file: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
     pub webhook_secret_env: String,
+    #[serde(default)]
+    pub webhook_user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

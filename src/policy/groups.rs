@@ -167,6 +167,7 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
                     error.lines().next().unwrap_or_default()
                 ),
                 target_url: None,
+                pull_request: None,
             };
             if let Err(e) = provider.set_status(&group.repo, &sha, &status).await {
                 tracing::warn!(error = %e, "reporting the broken policy group failed");

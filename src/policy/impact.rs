@@ -174,6 +174,7 @@ pub async fn analyze(
         context: "gantry/policy-impact".into(),
         description,
         target_url: None,
+        pull_request: Some(pr.number),
     };
     let proposed = match groups::load_at(ctx, group, &mirror, &pr.head_sha).await {
         Ok(set) => set,

@@ -137,13 +137,14 @@ where
         diff_from: DiffFrom::ForkOf(format!("refs/heads/{}", pr.base_ref)),
         only: workspace,
     };
-    let (runs, _) = match runs_for(ctx, event, &change).await? {
-        Ok(found) => found,
-        Err(why) => {
-            reply(format!("nothing to plan: {why}.")).await?;
-            return Ok(Outcome::nothing(why));
-        }
-    };
+    let crate::runs::dispatch::Found { runs, head_sha, .. } =
+        match runs_for(ctx, event, &change).await? {
+            Ok(found) => found,
+            Err(why) => {
+                reply(format!("nothing to plan: {why}.")).await?;
+                return Ok(Outcome::nothing(why));
+            }
+        };
     if runs.is_empty() {
         reply("nothing to plan: this pull request affects no workspace.".into()).await?;
     }
@@ -151,7 +152,7 @@ where
         detail: format!(
             "/gantry plan on #{} at {}: {} runs",
             c.pr_number,
-            short_sha(&pr.head_sha),
+            short_sha(&head_sha),
             runs.len()
         ),
         runs,
@@ -159,9 +160,9 @@ where
             provider_id: event.provider_id.clone(),
             repo: c.repo.clone(),
             pr_number: c.pr_number,
-            head_sha: pr.head_sha.clone(),
+            head_sha: head_sha.clone(),
         }),
-        pr: Some((c.repo.clone(), c.pr_number, pr.head_sha)),
+        pr: Some((c.repo.clone(), c.pr_number, head_sha)),
     })
 }
 
@@ -213,7 +214,7 @@ where
         .store
         .pr_head_runs(provider.id(), &c.repo, c.pr_number)
         .await?
-        .filter(|(head, _)| *head == pr.head_sha)
+        .filter(|(head, _)| crate::store::same_commit(head, &pr.head_sha))
         .map(|(_, runs)| runs)
         .unwrap_or_default();
     let mut targets: Vec<Run> = shown

@@ -10,7 +10,7 @@ use crate::git::GitError;
 use crate::planner;
 use crate::runs::{RunKind, RunSource};
 use crate::store::{short_sha, EventRow, NewRun, Supersede};
-use crate::vcs::{PullRequestEvent, PushEvent, VcsEvent};
+use crate::vcs::{PrAction, PullRequestEvent, PushEvent, VcsEvent};
 
 /// Attempts before a failing event is given up (it stays stored as `failed`).
 const MAX_ATTEMPTS: i64 = 5;
@@ -133,6 +133,17 @@ pub(super) struct Change<'a> {
 pub(super) enum DiffFrom {
     ForkOf(String),
     Commit(Option<String>),
+    /// A merge (or squash) commit: what it brought to its first parent.
+    FirstParent,
+}
+
+/// The runs a change causes.
+pub(super) struct Found {
+    pub(super) runs: Vec<NewRun>,
+    /// Files changed.
+    pub(super) changed: usize,
+    /// The head as a full SHA (some providers send abbreviated ones).
+    pub(super) head_sha: String,
 }
 
 /// The runs a change causes, or why it causes none.
@@ -140,7 +151,7 @@ pub(super) async fn runs_for(
     ctx: &Ctx,
     event: &EventRow,
     change: &Change<'_>,
-) -> Result<Result<(Vec<NewRun>, usize), String>, GitError> {
+) -> Result<Result<Found, String>, GitError> {
     let config = ctx.config();
     let candidates: Vec<&Workspace> = config
         .workspaces
@@ -182,23 +193,28 @@ pub(super) async fn runs_for(
         .mirrors
         .fetch(&event.provider_id, change.repo, &url, creds, &refs)
         .await?;
-    if !mirror.has_commit(change.head_sha) {
+    let Ok(head) = mirror.resolve(change.head_sha) else {
         return Ok(Err(format!(
             "commit {} is no longer there; a newer event follows",
             short_sha(change.head_sha)
         )));
-    }
+    };
+    let head_sha = head.to_string();
     let changed = match &change.diff_from {
-        DiffFrom::ForkOf(base) => mirror.changed_since_fork(base, change.head_sha)?,
+        DiffFrom::ForkOf(base) => mirror.changed_since_fork(base, &head_sha)?,
+        DiffFrom::FirstParent => {
+            let parent = mirror.resolve(&format!("{head_sha}^")).ok();
+            mirror.changed_between(parent.map(|p| p.to_string()).as_deref(), &head_sha)?
+        }
         DiffFrom::Commit(from) => {
             // A new branch, or a force push whose old tip we never saw: every file changed.
             let from = from
                 .as_deref()
                 .filter(|f| !f.bytes().all(|b| b == b'0') && mirror.has_commit(f));
-            mirror.changed_between(from, change.head_sha)?
+            mirror.changed_between(from, &head_sha)?
         }
     };
-    let tree = mirror.tree_at(change.head_sha)?;
+    let tree = mirror.tree_at(&head_sha)?;
     let affected = match change.only {
         // Asked for by name: planned whatever the diff.
         Some(_) => candidates
@@ -225,12 +241,16 @@ pub(super) async fn runs_for(
                 repo: change.repo.to_string(),
                 branch: change.branch.to_string(),
                 pr_number: change.pr_number,
-                head_sha: change.head_sha.to_string(),
+                head_sha: head_sha.clone(),
                 git_ref: change.git_ref.clone(),
             }
         })
         .collect();
-    Ok(Ok((runs, changed.len())))
+    Ok(Ok(Found {
+        runs,
+        changed: changed.len(),
+        head_sha,
+    }))
 }
 
 async fn pull_request(
@@ -251,6 +271,31 @@ async fn pull_request(
             tracing::warn!(policy_group = %g.name, "policy impact analysis of #{} failed: {e:#}", pr.number);
         }
     }
+    if pr.action == PrAction::Closed {
+        return match (&pr.merge_sha, pr.merged) {
+            (Some(sha), true) => merged_pull_request(ctx, event, pr, sha).await,
+            _ => Ok(Outcome::nothing(format!(
+                "pull request #{} was closed",
+                pr.number
+            ))),
+        };
+    }
+    if pr.action == PrAction::Synchronize {
+        // Providers that report every edit as an update (Azure DevOps, Bitbucket).
+        if let Some((head, runs)) = ctx
+            .store
+            .pr_head_runs(&event.provider_id, &pr.repo, pr.number)
+            .await?
+        {
+            if !runs.is_empty() && crate::store::same_commit(&head, &pr.head_sha) {
+                return Ok(Outcome::nothing(format!(
+                    "pull request #{} at {} is planned already",
+                    pr.number,
+                    short_sha(&pr.head_sha)
+                )));
+            }
+        }
+    }
     if pr.draft {
         return Ok(Outcome::nothing(format!(
             "pull request #{} is a draft; planned when ready for review",
@@ -267,7 +312,11 @@ async fn pull_request(
         diff_from: DiffFrom::ForkOf(format!("refs/heads/{}", pr.base_ref)),
         only: None,
     };
-    let (runs, changed) = match runs_for(ctx, event, &change).await? {
+    let Found {
+        runs,
+        changed,
+        head_sha,
+    } = match runs_for(ctx, event, &change).await? {
         Ok(found) => found,
         Err(why) => return Ok(Outcome::nothing(why)),
     };
@@ -275,7 +324,7 @@ async fn pull_request(
         detail: format!(
             "pull request #{} at {}: {changed} changed files, {} workspaces affected",
             pr.number,
-            short_sha(&pr.head_sha),
+            short_sha(&head_sha),
             runs.len()
         ),
         runs,
@@ -283,9 +332,79 @@ async fn pull_request(
             provider_id: event.provider_id.clone(),
             repo: pr.repo.clone(),
             pr_number: pr.number,
-            head_sha: pr.head_sha.clone(),
+            head_sha: head_sha.clone(),
         }),
-        pr: Some((pr.repo.clone(), pr.number, pr.head_sha.clone())),
+        pr: Some((pr.repo.clone(), pr.number, head_sha)),
+    })
+}
+
+/// A merged pull request (providers whose merged event names the merge
+/// commit): the same runs as the push of that commit to the base branch.
+/// Whichever of the two arrives first starts them; the other finds them
+/// there and starts nothing for those workspaces.
+async fn merged_pull_request(
+    ctx: &Ctx,
+    event: &EventRow,
+    pr: &PullRequestEvent,
+    merge_sha: &str,
+) -> anyhow::Result<Outcome> {
+    let change = Change {
+        repo: &pr.repo,
+        branch: &pr.base_ref,
+        head_sha: merge_sha,
+        git_ref: format!("refs/heads/{}", pr.base_ref),
+        source: RunSource::Push,
+        pr_number: None,
+        diff_from: DiffFrom::FirstParent,
+        only: None,
+    };
+    let found = match runs_for(ctx, event, &change).await? {
+        Ok(found) => found,
+        Err(why) => return Ok(Outcome::nothing(why)),
+    };
+    merge_outcome(
+        ctx,
+        event,
+        &pr.repo,
+        found,
+        format!("pull request #{} merged into {}", pr.number, pr.base_ref),
+    )
+    .await
+}
+
+/// The runs of a merge to a tracked branch, less the workspaces already run
+/// for that commit.
+async fn merge_outcome(
+    ctx: &Ctx,
+    event: &EventRow,
+    repo: &str,
+    found: Found,
+    what: String,
+) -> anyhow::Result<Outcome> {
+    let done = ctx
+        .store
+        .merge_run_workspaces(&event.provider_id, repo, &found.head_sha)
+        .await?;
+    let total = found.runs.len();
+    let runs: Vec<NewRun> = found
+        .runs
+        .into_iter()
+        .filter(|r| !done.contains(&r.workspace))
+        .collect();
+    let already = total - runs.len();
+    let mut detail = format!(
+        "{what} at {}: {} changed files, {total} workspaces affected",
+        short_sha(&found.head_sha),
+        found.changed,
+    );
+    if already > 0 {
+        detail.push_str(&format!(", {already} already run for this commit"));
+    }
+    Ok(Outcome {
+        detail,
+        runs,
+        supersede: None,
+        pr: None,
     })
 }
 
@@ -324,19 +443,16 @@ async fn push_event(ctx: &Ctx, event: &EventRow, push: &PushEvent) -> anyhow::Re
         diff_from: DiffFrom::Commit(Some(push.before.clone())),
         only: None,
     };
-    let (runs, changed) = match runs_for(ctx, event, &change).await? {
+    let found = match runs_for(ctx, event, &change).await? {
         Ok(found) => found,
         Err(why) => return Ok(Outcome::nothing(why)),
     };
-    Ok(Outcome {
-        detail: format!(
-            "push to {} at {}: {changed} changed files, {} workspaces affected",
-            push.branch,
-            short_sha(&push.after),
-            runs.len()
-        ),
-        runs,
-        supersede: None,
-        pr: None,
-    })
+    merge_outcome(
+        ctx,
+        event,
+        &push.repo,
+        found,
+        format!("push to {}", push.branch),
+    )
+    .await
 }

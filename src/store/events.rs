@@ -257,3 +257,10 @@ pub struct Supersede {
 pub fn short_sha(sha: &str) -> &str {
     &sha[..sha.len().min(8)]
 }
+
+/// Whether two commit ids name the same commit, one possibly abbreviated (as
+/// Bitbucket Cloud sends them): equal, or one a prefix (of 7+ digits) of the other.
+pub fn same_commit(a: &str, b: &str) -> bool {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    short.len() >= 7 && long.starts_with(short)
+}

@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use events::{short_sha, EventRow, NewEvent, Supersede};
+pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use runs::{NewRun, TickOutcome};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 

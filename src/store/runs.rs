@@ -655,6 +655,27 @@ impl Store {
         .await?;
         newest_per_workspace(&rows)
     }
+
+    /// The workspaces already run for a merge to their branch at `sha` (from
+    /// the push or the merged pull request, whichever came first).
+    pub async fn merge_run_workspaces(
+        &self,
+        provider_id: &str,
+        repo: &str,
+        sha: &str,
+    ) -> StoreResult<std::collections::HashSet<String>> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT workspace FROM runs
+             WHERE provider_id = $1 AND repo = $2 AND head_sha = $3 AND source = $4",
+        )
+        .bind(provider_id)
+        .bind(repo)
+        .bind(sha)
+        .bind(RunSource::Push.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names.into_iter().collect())
+    }
 }
 
 impl Store {

@@ -162,20 +162,29 @@ pub fn verify_signature(
 ) -> Result<(), WebhookError> {
     let header =
         header.ok_or_else(|| WebhookError::Unauthorized("missing X-Hub-Signature-256".into()))?;
-    let hex_sig = header.strip_prefix("sha256=").ok_or_else(|| {
-        WebhookError::Unauthorized("X-Hub-Signature-256 is not sha256=<hex>".into())
-    })?;
+    verify_hmac_sha256(secret, body, header, "X-Hub-Signature-256")
+}
+
+/// Checks a `sha256=<hex>` header value (named `name` in errors) against
+/// HMAC-SHA256(secret, body) in constant time.
+pub fn verify_hmac_sha256(
+    secret: &[u8],
+    body: &[u8],
+    value: &str,
+    name: &str,
+) -> Result<(), WebhookError> {
+    let hex_sig = value
+        .strip_prefix("sha256=")
+        .ok_or_else(|| WebhookError::Unauthorized(format!("{name} is not sha256=<hex>")))?;
     let sig = hex::decode(hex_sig)
-        .map_err(|_| WebhookError::Unauthorized("X-Hub-Signature-256 is not hex".into()))?;
+        .map_err(|_| WebhookError::Unauthorized(format!("{name} is not hex")))?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(body);
     mac.verify_slice(&sig)
         .map_err(|_| WebhookError::Unauthorized("signature does not match".into()))
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
+use super::header;
 
 fn map_error(e: octocrab::Error) -> VcsError {
     match e {
@@ -366,6 +375,8 @@ pub fn parse_payload(
                     merged: pr.merged.unwrap_or(false),
                     from_fork,
                     fetch_ref: format!("refs/pull/{}/head", pr.number),
+                    // Apply on merge follows the push GitHub sends with the merge.
+                    merge_sha: None,
                 }),
                 actionable,
             ))
@@ -461,7 +472,7 @@ impl VcsProvider for GitHub {
     }
 
     fn clone_url(&self, repo: &str) -> String {
-        self.git_url.replace("{repo}", repo)
+        crate::config::expand_git_url(&self.git_url, repo)
     }
 
     async fn git_credentials(&self, repo: &str) -> Result<Option<GitCredentials>, VcsError> {

@@ -2,7 +2,11 @@
 //! at a fake API), the provider-neutral events webhooks are normalized into, and
 //! one file per provider.
 
+pub mod azure_devops;
+pub mod bitbucket;
 pub mod github;
+pub mod gitlab;
+pub mod rest;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +96,11 @@ pub struct PullRequestEvent {
     pub from_fork: bool,
     /// The ref the provider keeps for the head commit (`refs/pull/N/head`).
     pub fetch_ref: String,
+    /// The commit a merge made on the base branch, for providers whose merged
+    /// event drives apply on merge (deduplicated with the push of the same
+    /// commit). `None` for GitHub, where the push alone drives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_sha: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +149,9 @@ pub struct CommitStatus {
     pub context: String,
     pub description: String,
     pub target_url: Option<String>,
+    /// The pull request the commit is the head of, for providers that show
+    /// statuses on the pull request itself (Azure DevOps).
+    pub pull_request: Option<i64>,
 }
 
 /// A provider API failure, classified so callers can retry, report or give up.
@@ -246,5 +258,47 @@ impl Providers {
 fn build(p: &ProviderConfig) -> anyhow::Result<Arc<dyn VcsProvider>> {
     Ok(match p.kind {
         ProviderKind::Github => Arc::new(github::GitHub::new(p)?),
+        ProviderKind::Gitlab => Arc::new(gitlab::GitLab::new(p)?),
+        ProviderKind::Bitbucket => Arc::new(bitbucket::Bitbucket::new(p)?),
+        ProviderKind::AzureDevops => Arc::new(azure_devops::AzureDevOps::new(p)?),
     })
+}
+
+pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A stable delivery id for providers that send none: the body's SHA-256.
+pub(crate) fn body_hash(body: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256-{}", hex::encode(sha2::Sha256::digest(body)))
+}
+
+/// The all-zero SHA providers send for a deleted (or not yet existing) ref.
+pub(crate) fn is_zero_sha(sha: &str) -> bool {
+    sha.bytes().all(|b| b == b'0')
+}
+
+/// Runs `f`, retrying transient provider failures with backoff.
+pub(crate) async fn retry_transient<T, F, Fut>(
+    provider_id: &str,
+    what: &str,
+    f: F,
+) -> Result<T, VcsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, VcsError>>,
+{
+    use backon::Retryable;
+    f.retry(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(500))
+            .with_max_delay(std::time::Duration::from_secs(30))
+            .with_max_times(4),
+    )
+    .when(VcsError::is_transient)
+    .notify(|e, after| {
+        tracing::warn!(provider.id = %provider_id, error = %e, retry_in_ms = after.as_millis() as u64, "{what} failed; retrying")
+    })
+    .await
 }

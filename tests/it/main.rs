@@ -11,6 +11,7 @@ mod github_app;
 mod ingest;
 mod policy;
 mod pr_checks;
+mod providers;
 mod reload;
 mod restart;
 mod runner;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod fake_api;
 pub mod fake_github;
 pub mod origin;
 
@@ -199,7 +200,8 @@ pub fn test_env_lookup(name: &str) -> Option<String> {
     match name {
         "GANTRY_API_TOKEN" => Some(API_TOKEN.into()),
         "GITHUB_TOKEN" => Some(GITHUB_TOKEN.into()),
-        "GITHUB_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
+        "GITHUB_WEBHOOK_SECRET" | "VCS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
+        "VCS_TOKEN" => Some("vcs-token-for-tests".into()),
         "PATH" | "HOME" => std::env::var(name).ok(),
         _ => None,
     }

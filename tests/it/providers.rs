@@ -1,0 +1,610 @@
+//! GitLab, Bitbucket Cloud and Azure DevOps end to end: authenticated webhooks
+//! built from the providers' documented payloads (`webhooks/<provider>/`) →
+//! real git and terraform → statuses and one comment edited in place on a fake
+//! API (exact paths and bodies), apply on merge driven once by the merged pull
+//! request and the push of the same commit, bad credentials refused.
+
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::support::fake_api::{Call, FakeApi};
+use crate::support::origin::{null_config, standard_files};
+use crate::support::*;
+
+/// Test values for one provider.
+trait Case {
+    fn kind(&self) -> &'static str;
+    fn repo(&self) -> &'static str;
+    /// API base path on the fake server.
+    fn api_path(&self) -> &'static str;
+    /// The ref the provider keeps for the pull request's commits.
+    fn pr_ref(&self) -> &'static str;
+    fn extra_yaml(&self) -> &'static str {
+        ""
+    }
+    /// Headers and body of a delivery, authenticated with `secret`.
+    fn webhook(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Value,
+        secret: &str,
+    ) -> (Vec<(String, String)>, Vec<u8>);
+    fn pr_opened(&self, head: &str) -> (&'static str, Value);
+    fn pr_updated(&self, head: &str, before: &str) -> (&'static str, Value);
+    fn pr_merged(&self, head: &str, merge: &str) -> (&'static str, Value);
+    fn push(&self, before: &str, after: &str) -> (&'static str, Value);
+    fn branch_deleted(&self) -> (&'static str, Value);
+    /// The final status call for `workspace` at `sha` (PR head or merge).
+    fn is_final_status(&self, call: &Call, sha: &str, pr: bool) -> bool;
+    fn comment_create_path(&self) -> String;
+    fn comment_text<'a>(&self, call: &'a Call) -> &'a str;
+    fn comment_edit_path(&self, id: &str) -> String;
+    fn comment_id(&self, create_answer_id: &Call, calls: &[Call]) -> Option<String>;
+}
+
+fn fixture(provider: &str, name: &str) -> Value {
+    let path = repo_root().join("webhooks").join(provider).join(name);
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn json_headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    h.push(("Content-Type".into(), "application/json".into()));
+    h
+}
+
+// --- GitLab ---
+
+struct GitLabCase;
+
+impl Case for GitLabCase {
+    fn kind(&self) -> &'static str {
+        "gitlab"
+    }
+    fn repo(&self) -> &'static str {
+        "acme/infra"
+    }
+    fn api_path(&self) -> &'static str {
+        "/api/v4"
+    }
+    fn pr_ref(&self) -> &'static str {
+        "refs/merge-requests/7/head"
+    }
+    fn webhook(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Value,
+        secret: &str,
+    ) -> (Vec<(String, String)>, Vec<u8>) {
+        (
+            json_headers(&[
+                ("X-Gitlab-Event", event),
+                ("X-Gitlab-Token", secret),
+                ("X-Gitlab-Event-UUID", delivery),
+                (
+                    "X-Gitlab-Webhook-UUID",
+                    "b3a1f7c4-0b5e-4a8e-9f6d-2c1e0d9b8a7f",
+                ),
+            ]),
+            serde_json::to_vec(&body).unwrap(),
+        )
+    }
+    fn pr_opened(&self, head: &str) -> (&'static str, Value) {
+        let mut p = fixture("gitlab", "merge_request.open.json");
+        p["object_attributes"]["last_commit"]["id"] = json!(head);
+        ("Merge Request Hook", p)
+    }
+    fn pr_updated(&self, head: &str, before: &str) -> (&'static str, Value) {
+        let mut p = fixture("gitlab", "merge_request.update.json");
+        p["object_attributes"]["last_commit"]["id"] = json!(head);
+        p["object_attributes"]["oldrev"] = json!(before);
+        ("Merge Request Hook", p)
+    }
+    fn pr_merged(&self, head: &str, merge: &str) -> (&'static str, Value) {
+        let mut p = fixture("gitlab", "merge_request.merge.json");
+        p["object_attributes"]["last_commit"]["id"] = json!(head);
+        p["object_attributes"]["merge_commit_sha"] = json!(merge);
+        ("Merge Request Hook", p)
+    }
+    fn push(&self, before: &str, after: &str) -> (&'static str, Value) {
+        let mut p = fixture("gitlab", "push.json");
+        p["ref"] = json!("refs/heads/main");
+        p["before"] = json!(before);
+        p["after"] = json!(after);
+        p["checkout_sha"] = json!(after);
+        ("Push Hook", p)
+    }
+    fn branch_deleted(&self) -> (&'static str, Value) {
+        ("Push Hook", fixture("gitlab", "push.branch_deleted.json"))
+    }
+    fn is_final_status(&self, c: &Call, sha: &str, _pr: bool) -> bool {
+        c.method == "POST"
+            && c.path() == format!("/api/v4/projects/acme%2Finfra/statuses/{sha}")
+            && c.content_type
+                .starts_with("application/x-www-form-urlencoded")
+            && c.body["name"] == "gantry/network"
+            && c.body["state"] == "success"
+    }
+    fn comment_create_path(&self) -> String {
+        "/api/v4/projects/acme%2Finfra/merge_requests/7/notes".into()
+    }
+    fn comment_text<'a>(&self, c: &'a Call) -> &'a str {
+        c.body["body"].as_str().unwrap_or_default()
+    }
+    fn comment_edit_path(&self, id: &str) -> String {
+        format!("/api/v4/projects/acme%2Finfra/merge_requests/7/notes/{id}")
+    }
+    fn comment_id(&self, create: &Call, calls: &[Call]) -> Option<String> {
+        answer_id(create, calls)
+    }
+}
+
+// --- Bitbucket Cloud ---
+
+struct BitbucketCase;
+
+fn short(sha: &str) -> &str {
+    &sha[..12]
+}
+
+impl Case for BitbucketCase {
+    fn kind(&self) -> &'static str {
+        "bitbucket"
+    }
+    fn repo(&self) -> &'static str {
+        "acme/infra"
+    }
+    fn api_path(&self) -> &'static str {
+        "/2.0"
+    }
+    fn pr_ref(&self) -> &'static str {
+        "refs/heads/widen-vpc"
+    }
+    fn webhook(
+        &self,
+        event: &str,
+        delivery: &str,
+        body: Value,
+        secret: &str,
+    ) -> (Vec<(String, String)>, Vec<u8>) {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let signature = sign(secret, &bytes);
+        (
+            json_headers(&[
+                ("X-Event-Key", event),
+                ("X-Request-UUID", delivery),
+                ("X-Hook-UUID", "{0b7b4a36-6e5f-4a0e-9d8c-7b6a5f4e3d2c}"),
+                ("X-Attempt-Number", "1"),
+                ("X-Hub-Signature", &signature),
+                ("User-Agent", "Bitbucket-Webhooks/2.0"),
+            ]),
+            bytes,
+        )
+    }
+    fn pr_opened(&self, head: &str) -> (&'static str, Value) {
+        let mut p = fixture("bitbucket", "pullrequest.created.json");
+        p["pullrequest"]["source"]["commit"]["hash"] = json!(short(head));
+        ("pullrequest:created", p)
+    }
+    fn pr_updated(&self, head: &str, _before: &str) -> (&'static str, Value) {
+        let mut p = fixture("bitbucket", "pullrequest.updated.json");
+        p["pullrequest"]["source"]["commit"]["hash"] = json!(short(head));
+        ("pullrequest:updated", p)
+    }
+    fn pr_merged(&self, head: &str, merge: &str) -> (&'static str, Value) {
+        let mut p = fixture("bitbucket", "pullrequest.fulfilled.json");
+        p["pullrequest"]["source"]["commit"]["hash"] = json!(short(head));
+        p["pullrequest"]["merge_commit"]["hash"] = json!(short(merge));
+        ("pullrequest:fulfilled", p)
+    }
+    fn push(&self, before: &str, after: &str) -> (&'static str, Value) {
+        let mut p = fixture("bitbucket", "repo.push.json");
+        let change = &mut p["push"]["changes"][0];
+        change["old"]["name"] = json!("main");
+        change["old"]["target"]["hash"] = json!(before);
+        change["new"]["name"] = json!("main");
+        change["new"]["target"]["hash"] = json!(after);
+        ("repo:push", p)
+    }
+    fn branch_deleted(&self) -> (&'static str, Value) {
+        (
+            "repo:push",
+            fixture("bitbucket", "repo.push.branch_deleted.json"),
+        )
+    }
+    fn is_final_status(&self, c: &Call, sha: &str, _pr: bool) -> bool {
+        c.method == "POST"
+            && c.path() == format!("/2.0/repositories/acme/infra/commit/{sha}/statuses/build")
+            && c.body["key"] == "gantry/network"
+            && c.body["name"] == "gantry/network"
+            && c.body["state"] == "SUCCESSFUL"
+            && c.body["url"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("http://gantry.test/"))
+    }
+    fn comment_create_path(&self) -> String {
+        "/2.0/repositories/acme/infra/pullrequests/7/comments".into()
+    }
+    fn comment_text<'a>(&self, c: &'a Call) -> &'a str {
+        c.body["content"]["raw"].as_str().unwrap_or_default()
+    }
+    fn comment_edit_path(&self, id: &str) -> String {
+        format!("/2.0/repositories/acme/infra/pullrequests/7/comments/{id}")
+    }
+    fn comment_id(&self, create: &Call, calls: &[Call]) -> Option<String> {
+        answer_id(create, calls)
+    }
+}
+
+// --- Azure DevOps ---
+
+struct AzureCase;
+
+const AZURE_USER: &str = "gantry-hooks";
+
+impl Case for AzureCase {
+    fn kind(&self) -> &'static str {
+        "azure_devops"
+    }
+    fn repo(&self) -> &'static str {
+        "platform/infra"
+    }
+    fn api_path(&self) -> &'static str {
+        "/acme"
+    }
+    fn pr_ref(&self) -> &'static str {
+        "refs/pull/7/merge"
+    }
+    fn extra_yaml(&self) -> &'static str {
+        "    webhook_user: gantry-hooks\n"
+    }
+    fn webhook(
+        &self,
+        _event: &str,
+        delivery: &str,
+        mut body: Value,
+        secret: &str,
+    ) -> (Vec<(String, String)>, Vec<u8>) {
+        body["id"] = json!(delivery);
+        let auth = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{AZURE_USER}:{secret}"))
+        );
+        (
+            json_headers(&[("Authorization", &auth)]),
+            serde_json::to_vec(&body).unwrap(),
+        )
+    }
+    fn pr_opened(&self, head: &str) -> (&'static str, Value) {
+        let mut p = fixture("azure_devops", "git.pullrequest.created.json");
+        p["resource"]["lastMergeSourceCommit"]["commitId"] = json!(head);
+        ("", p)
+    }
+    fn pr_updated(&self, head: &str, _before: &str) -> (&'static str, Value) {
+        let mut p = fixture("azure_devops", "git.pullrequest.updated.json");
+        p["resource"]["lastMergeSourceCommit"]["commitId"] = json!(head);
+        ("", p)
+    }
+    fn pr_merged(&self, head: &str, merge: &str) -> (&'static str, Value) {
+        let mut p = fixture("azure_devops", "git.pullrequest.merged.json");
+        p["resource"]["lastMergeSourceCommit"]["commitId"] = json!(head);
+        p["resource"]["lastMergeCommit"]["commitId"] = json!(merge);
+        ("", p)
+    }
+    fn push(&self, before: &str, after: &str) -> (&'static str, Value) {
+        let mut p = fixture("azure_devops", "git.push.json");
+        p["resource"]["refUpdates"] = json!([
+            {"name": "refs/heads/main", "oldObjectId": before, "newObjectId": after}
+        ]);
+        ("", p)
+    }
+    fn branch_deleted(&self) -> (&'static str, Value) {
+        ("", fixture("azure_devops", "git.push.branch_deleted.json"))
+    }
+    fn is_final_status(&self, c: &Call, sha: &str, pr: bool) -> bool {
+        let repo = "/acme/platform/_apis/git/repositories/infra";
+        let path = if pr {
+            format!("{repo}/pullRequests/7/statuses")
+        } else {
+            format!("{repo}/commits/{sha}/statuses")
+        };
+        c.method == "POST"
+            && c.path() == path
+            && c.uri.ends_with("?api-version=7.1")
+            && c.body["context"] == json!({"genre": "gantry", "name": "network"})
+            && c.body["state"] == "succeeded"
+    }
+    fn comment_create_path(&self) -> String {
+        "/acme/platform/_apis/git/repositories/infra/pullRequests/7/threads".into()
+    }
+    fn comment_text<'a>(&self, c: &'a Call) -> &'a str {
+        c.body["comments"][0]["content"]
+            .as_str()
+            .or(c.body["content"].as_str())
+            .unwrap_or_default()
+    }
+    fn comment_edit_path(&self, id: &str) -> String {
+        format!(
+            "/acme/platform/_apis/git/repositories/infra/pullRequests/7/threads/{id}/comments/1"
+        )
+    }
+    fn comment_id(&self, create: &Call, calls: &[Call]) -> Option<String> {
+        answer_id(create, calls)
+    }
+}
+
+/// The fake answers a create with id 100 + the call's 1-based position.
+fn answer_id(create: &Call, calls: &[Call]) -> Option<String> {
+    let pos = calls
+        .iter()
+        .position(|c| c.method == create.method && c.uri == create.uri && c.body == create.body)?;
+    Some((100 + pos as i64 + 1).to_string())
+}
+
+fn yaml(env: &TestEnv, case: &dyn Case, api: &FakeApi, origin: &Origin) -> String {
+    format!(
+        r#"listen: "127.0.0.1:0"
+data_dir: "{data}"
+database_url: "{db}"
+concurrency: 2
+api_token_env: GANTRY_API_TOKEN
+public_url: http://gantry.test
+terraform:
+  bin: "{tf}"
+  cli_config_file: "{rc}"
+  timeout: 5m
+providers:
+  - id: vcs
+    kind: {kind}
+    api_url: "{api}{api_path}"
+    git_url: "{git}"
+    token_env: VCS_TOKEN
+    webhook_secret_env: VCS_WEBHOOK_SECRET
+{extra}workspaces:
+  - name: network
+    environment: production
+    provider: vcs
+    repo: {repo}
+    dir: network
+    auto_apply: true
+"#,
+        data = env.data_dir().display(),
+        db = env.db_url,
+        tf = terraform_bin(),
+        rc = terraform_rc().display(),
+        kind = case.kind(),
+        api = api.url(),
+        api_path = case.api_path(),
+        git = origin.url_template(),
+        extra = case.extra_yaml(),
+        repo = case.repo(),
+    )
+}
+
+async fn deliver(
+    app: &TestApp,
+    case: &dyn Case,
+    (event, body): (&str, Value),
+    delivery: &str,
+    secret: &str,
+) -> reqwest::Response {
+    let (headers, bytes) = case.webhook(event, delivery, body, secret);
+    let mut req = app.client.post(app.url("/webhooks/vcs"));
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    req.body(bytes).send().await.unwrap()
+}
+
+async fn wait_for_call(api: &FakeApi, what: &str, f: impl Fn(&Call) -> bool) -> Call {
+    wait_until(Duration::from_secs(60), || async {
+        api.calls().into_iter().find(|c| f(c))
+    })
+    .await;
+    api.calls()
+        .into_iter()
+        .find(|c| f(c))
+        .unwrap_or_else(|| panic!("no {what}"))
+}
+
+async fn provider_end_to_end(case: &dyn Case) {
+    for db in databases() {
+        let env = TestEnv::new(&db).await;
+        let api = FakeApi::start().await;
+        let origin = Origin::new(&env.dir.path().join("origin-vcs"), case.repo());
+        let mut files = standard_files();
+        let base = origin.commit(&files, &[], "initial", &["refs/heads/main"]);
+        files.insert("modules/vpc/main.tf".into(), null_config("vpc-v2"));
+        let pr_refs = ["refs/heads/widen-vpc", case.pr_ref()];
+        let head = origin.commit(&files, &[base], "widen", &pr_refs);
+        let (head_s, base_s) = (head.to_string(), base.to_string());
+        let app = env.spawn_app(&yaml(&env, case, &api, &origin)).await;
+        let kind = case.kind();
+
+        // Wrong secret: refused, nothing stored, no call to the provider.
+        let r = deliver(&app, case, case.pr_opened(&head_s), "d-0", "wrong").await;
+        assert_eq!(r.status(), 401, "{kind} {db:?}");
+        app.wait_for_dispatch().await;
+        assert!(app.runs().await.is_empty());
+
+        // Opened: a plan, its final status, one comment.
+        let r = deliver(&app, case, case.pr_opened(&head_s), "d-1", WEBHOOK_SECRET).await;
+        assert_eq!(r.status(), 202, "{kind}");
+        assert_eq!(r.json::<Value>().await.unwrap()["status"], "queued");
+        let runs = app.wait_for_runs_done(1).await;
+        assert_eq!(runs.len(), 1, "{kind}: {runs:?}");
+        assert_eq!(runs[0]["workspace"], "network");
+        assert_eq!(runs[0]["state"], "planned", "{kind}: {}", runs[0]);
+        assert_eq!(runs[0]["commit_sha"], head_s, "{kind}: full sha");
+        let status = wait_for_call(&api, "final status", |c| {
+            case.is_final_status(c, &head_s, true)
+        })
+        .await;
+        let description = status.body["description"].as_str().unwrap_or_default();
+        assert!(
+            description.starts_with("Plan: 1 to add, 0 to change, 0 to destroy."),
+            "{kind}: {description}"
+        );
+        let comment_path = case.comment_create_path();
+        let created = wait_for_call(&api, "comment", |c| {
+            c.method == "POST" && c.path() == comment_path
+        })
+        .await;
+        let comment_id = case.comment_id(&created, &api.calls()).unwrap();
+        let edit_path = case.comment_edit_path(&comment_id);
+        // Created while queued, edited as the run goes: the last text shows the plan.
+        let shown = wait_for_call(&api, "planned comment", |c| {
+            (c.path() == comment_path || c.path() == edit_path)
+                && case.comment_text(c).contains("planned")
+        })
+        .await;
+        assert!(case.comment_text(&shown).contains(&head_s[..8]), "{kind}");
+        assert!(
+            api.calls()
+                .iter()
+                .all(|c| c.authorization.is_some() || c.private_token.is_some()),
+            "{kind}: every API call is authenticated"
+        );
+
+        // Updated with a new commit: planned again, the same comment edited.
+        files.insert("modules/vpc/main.tf".into(), null_config("vpc-v3"));
+        let head2 = origin.commit(&files, &[head], "wider", &pr_refs);
+        let head2_s = head2.to_string();
+        let r = deliver(
+            &app,
+            case,
+            case.pr_updated(&head2_s, &head_s),
+            "d-2",
+            WEBHOOK_SECRET,
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        wait_for_call(&api, "comment edit", |c| {
+            (c.method == "PUT" || c.method == "PATCH")
+                && c.path() == edit_path
+                && case.comment_text(c).contains(&head2_s[..8])
+                && case.comment_text(c).contains("planned")
+        })
+        .await;
+        let creates = api
+            .calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path() == comment_path)
+            .count();
+        assert_eq!(creates, 1, "{kind}: one comment, edited in place");
+        // The same head reported again (a vote, a title edit): not planned twice.
+        let r = deliver(
+            &app,
+            case,
+            case.pr_updated(&head2_s, &head_s),
+            "d-2b",
+            WEBHOOK_SECRET,
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        app.wait_for_dispatch().await;
+        assert_eq!(app.wait_for_runs_done(2).await.len(), 2, "{kind}");
+
+        // A deleted branch: verified, then ignored.
+        let r = deliver(&app, case, case.branch_deleted(), "d-3", WEBHOOK_SECRET).await;
+        assert_eq!(r.status(), 202);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["status"],
+            "ignored",
+            "{kind}"
+        );
+
+        // Merged: the merged event applies the merge commit; the push of the
+        // same commit then starts nothing more.
+        let merged = origin.commit(&files, &[base, head2], "Merge !7", &["refs/heads/main"]);
+        let merged_s = merged.to_string();
+        let r = deliver(
+            &app,
+            case,
+            case.pr_merged(&head2_s, &merged_s),
+            "d-4",
+            WEBHOOK_SECRET,
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["status"],
+            "queued",
+            "{kind}"
+        );
+        let runs = app.wait_for_runs_done(3).await;
+        let applies: Vec<&Value> = runs
+            .iter()
+            .filter(|r| r["commit_sha"] == merged_s)
+            .collect();
+        assert_eq!(applies.len(), 1, "{kind}: {runs:?}");
+        assert_eq!(applies[0]["kind"], "apply");
+        assert_eq!(applies[0]["state"], "applied", "{kind}: {}", applies[0]);
+        let r = deliver(
+            &app,
+            case,
+            case.push(&base_s, &merged_s),
+            "d-5",
+            WEBHOOK_SECRET,
+        )
+        .await;
+        assert_eq!(r.status(), 202);
+        app.wait_for_dispatch().await;
+        let runs = app.wait_for_runs_done(3).await;
+        assert_eq!(
+            runs.iter().filter(|r| r["commit_sha"] == merged_s).count(),
+            1,
+            "{kind}: the push of the merged commit is not applied again"
+        );
+        wait_for_call(&api, "merge status", |c| {
+            case.is_final_status(c, &merged_s, false)
+        })
+        .await;
+        // The merged pull request gets the apply comment (a second comment).
+        wait_for_call(&api, "apply comment", |c| {
+            c.path().starts_with(&comment_path)
+                && c.path() != edit_path
+                && case.comment_text(c).contains("applied")
+        })
+        .await;
+
+        // A redelivery of the push starts nothing either.
+        let r = deliver(
+            &app,
+            case,
+            case.push(&base_s, &merged_s),
+            "d-5",
+            WEBHOOK_SECRET,
+        )
+        .await;
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["status"],
+            "duplicate",
+            "{kind}"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn gitlab_merge_requests_are_planned_commented_and_applied_on_merge() {
+    provider_end_to_end(&GitLabCase).await;
+}
+
+#[tokio::test]
+async fn bitbucket_pull_requests_are_planned_commented_and_applied_on_merge() {
+    provider_end_to_end(&BitbucketCase).await;
+}
+
+#[tokio::test]
+async fn azure_devops_pull_requests_are_planned_commented_and_applied_on_merge() {
+    provider_end_to_end(&AzureCase).await;
+}
