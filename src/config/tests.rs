@@ -155,7 +155,7 @@ fn other_checks() {
         [
             "gantry.yaml: listen: `localhost` is not an address like 127.0.0.1:8080",
             "gantry.yaml: concurrency: must be at least 1",
-            "gantry.yaml: providers[0].kind: unknown provider kind `svn` (supported: github)",
+            "gantry.yaml: providers[0].kind: unknown provider kind `svn` (supported: github, gitlab, bitbucket, azure_devops)",
             "gantry.yaml: workspaces[0].repo: `infra` is not a repository like owner/name",
             "gantry.yaml: workspaces[0].trigger_patterns[0]: invalid glob `modules/[`: unclosed character class; missing ']'",
         ]
@@ -270,5 +270,118 @@ fn drift_notifications_are_checked() {
         Some(crate::drift::DriftNotify::Webhook(
             "https://hooks.example.com/x".into()
         ))
+    );
+}
+
+#[test]
+fn every_provider_kind_loads_with_its_own_settings() {
+    let text = r#"listen: 127.0.0.1:8080
+data_dir: ./.gantry
+database_url: sqlite://./.gantry/gantry.db
+api_token_env: GANTRY_API_TOKEN
+providers:
+  - id: gitlab
+    kind: gitlab
+    api_url: https://gitlab.example.com/gitlab/api/v4
+    git_url: https://gitlab.example.com/gitlab/{repo}.git
+    token_env: TOKEN
+    webhook_secret_env: SECRET
+  - id: bitbucket
+    kind: bitbucket
+    username: platform-bot
+    token_env: TOKEN
+    webhook_secret_env: SECRET
+  - id: ado
+    kind: azure_devops
+    api_url: https://dev.azure.com/acme/
+    token_env: TOKEN
+    webhook_secret_env: SECRET
+    webhook_user: gantry-hooks
+workspaces:
+  - name: a
+    environment: production
+    provider: gitlab
+    repo: acme/platform/infra
+  - name: b
+    environment: production
+    provider: bitbucket
+    repo: acme/infra
+  - name: c
+    environment: production
+    provider: ado
+    repo: platform/infra
+"#;
+    let env = HashMap::from([
+        ("GANTRY_API_TOKEN", "api"),
+        ("TOKEN", "t"),
+        ("SECRET", "s"),
+    ]);
+    let config = Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
+        env.get(k).map(|v| v.to_string())
+    })
+    .unwrap();
+    let gitlab = config.provider("gitlab").unwrap();
+    assert_eq!(gitlab.kind, ProviderKind::Gitlab);
+    assert_eq!(
+        gitlab.clone_url("acme/platform/infra"),
+        "https://gitlab.example.com/gitlab/acme/platform/infra.git"
+    );
+    let bitbucket = config.provider("bitbucket").unwrap();
+    assert_eq!(bitbucket.api_url, "https://api.bitbucket.org/2.0");
+    assert_eq!(bitbucket.username.as_deref(), Some("platform-bot"));
+    assert_eq!(
+        bitbucket.clone_url("acme/infra"),
+        "https://bitbucket.org/acme/infra.git"
+    );
+    let ado = config.provider("ado").unwrap();
+    assert_eq!(ado.api_url, "https://dev.azure.com/acme");
+    assert_eq!(ado.webhook_user.as_deref(), Some("gantry-hooks"));
+    assert_eq!(
+        ado.clone_url("platform/infra"),
+        "https://dev.azure.com/acme/platform/_git/infra"
+    );
+    assert!(crate::vcs::Providers::from_config(&config).is_ok());
+}
+
+#[test]
+fn provider_settings_are_checked_per_kind() {
+    let text = r#"listen: 127.0.0.1:8080
+data_dir: ./.gantry
+database_url: sqlite://./.gantry/gantry.db
+api_token_env: GANTRY_API_TOKEN
+providers:
+  - id: ado
+    kind: azure_devops
+    token_env: TOKEN
+    webhook_secret_env: SECRET
+  - id: gl
+    kind: gitlab
+    username: someone
+    token_env: TOKEN
+    webhook_secret_env: SECRET
+    webhook_user: hooks
+workspaces:
+  - name: c
+    environment: production
+    provider: ado
+    repo: acme/platform/infra
+"#;
+    let env = HashMap::from([
+        ("GANTRY_API_TOKEN", "api"),
+        ("TOKEN", "t"),
+        ("SECRET", "s"),
+    ]);
+    let errors = Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
+        env.get(k).map(|v| v.to_string())
+    })
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        errors,
+        "gantry.yaml: providers[0].api_url: required for azure_devops: the organization URL, e.g. https://dev.azure.com/ORG\n\
+         gantry.yaml: providers[0].webhook_user: required for azure_devops: the Basic auth user of the service hooks\n\
+         gantry.yaml: providers[1].webhook_user: only azure_devops providers authenticate webhooks with a user\n\
+         gantry.yaml: providers[1].username: only bitbucket providers take a username (for an app password or API token)\n\
+         gantry.yaml: workspaces[0].repo: `acme/platform/infra` is not an Azure DevOps repository like project/repository"
     );
 }
