@@ -311,11 +311,7 @@ workspaces:
     provider: ado
     repo: platform/infra
 "#;
-    let env = HashMap::from([
-        ("GANTRY_API_TOKEN", "api"),
-        ("TOKEN", "t"),
-        ("SECRET", "s"),
-    ]);
+    let env = HashMap::from([("GANTRY_API_TOKEN", "api"), ("TOKEN", "t"), ("SECRET", "s")]);
     let config = Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
         env.get(k).map(|v| v.to_string())
     })
@@ -366,11 +362,7 @@ workspaces:
     provider: ado
     repo: acme/platform/infra
 "#;
-    let env = HashMap::from([
-        ("GANTRY_API_TOKEN", "api"),
-        ("TOKEN", "t"),
-        ("SECRET", "s"),
-    ]);
+    let env = HashMap::from([("GANTRY_API_TOKEN", "api"), ("TOKEN", "t"), ("SECRET", "s")]);
     let errors = Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
         env.get(k).map(|v| v.to_string())
     })

@@ -198,7 +198,7 @@ struct PullRequest {
 }
 
 impl PullRequest {
-    fn from_fork(&self) -> bool {
+    fn is_fork(&self) -> bool {
         match (&self.source.repository, &self.destination.repository) {
             (Some(s), Some(d)) => !s.full_name.eq_ignore_ascii_case(&d.full_name),
             (None, _) => true,
@@ -323,7 +323,7 @@ pub fn parse_payload(
             } else {
                 None
             };
-            let from_fork = pr.from_fork();
+            let from_fork = pr.is_fork();
             Ok(event(
                 VcsEvent::PullRequest(PullRequestEvent {
                     action,
@@ -539,7 +539,7 @@ impl VcsProvider for Bitbucket {
             Some(false)
         };
         Ok(PullRequestInfo {
-            from_fork: p.from_fork(),
+            from_fork: p.is_fork(),
             head_sha: p.source.commit.map(|c| c.hash).unwrap_or_default(),
             base_ref: p.destination.branch.name,
             fetch_ref: format!("refs/heads/{}", p.source.branch.name),

@@ -37,6 +37,8 @@ trait Case {
     fn pr_merged(&self, head: &str, merge: &str) -> (&'static str, Value);
     fn push(&self, before: &str, after: &str) -> (&'static str, Value);
     fn branch_deleted(&self) -> (&'static str, Value);
+    /// A new comment on pull request 7 by octocat.
+    fn comment(&self, text: &str) -> (&'static str, Value);
     /// The final status call for `workspace` at `sha` (PR head or merge).
     fn is_final_status(&self, call: &Call, sha: &str, pr: bool) -> bool;
     fn comment_create_path(&self) -> String;
@@ -124,6 +126,11 @@ impl Case for GitLabCase {
     }
     fn branch_deleted(&self) -> (&'static str, Value) {
         ("Push Hook", fixture("gitlab", "push.branch_deleted.json"))
+    }
+    fn comment(&self, text: &str) -> (&'static str, Value) {
+        let mut p = fixture("gitlab", "note.merge_request.json");
+        p["object_attributes"]["note"] = json!(text);
+        ("Note Hook", p)
     }
     fn is_final_status(&self, c: &Call, sha: &str, _pr: bool) -> bool {
         c.method == "POST"
@@ -220,6 +227,11 @@ impl Case for BitbucketCase {
             fixture("bitbucket", "repo.push.branch_deleted.json"),
         )
     }
+    fn comment(&self, text: &str) -> (&'static str, Value) {
+        let mut p = fixture("bitbucket", "pullrequest.comment_created.json");
+        p["comment"]["content"]["raw"] = json!(text);
+        ("pullrequest:comment_created", p)
+    }
     fn is_final_status(&self, c: &Call, sha: &str, _pr: bool) -> bool {
         c.method == "POST"
             && c.path() == format!("/2.0/repositories/acme/infra/commit/{sha}/statuses/build")
@@ -309,6 +321,11 @@ impl Case for AzureCase {
     fn branch_deleted(&self) -> (&'static str, Value) {
         ("", fixture("azure_devops", "git.push.branch_deleted.json"))
     }
+    fn comment(&self, text: &str) -> (&'static str, Value) {
+        let mut p = fixture("azure_devops", "git.pullrequest.comment.json");
+        p["resource"]["comment"]["content"] = json!(text);
+        ("", p)
+    }
     fn is_final_status(&self, c: &Call, sha: &str, pr: bool) -> bool {
         let repo = "/acme/platform/_apis/git/repositories/infra";
         let path = if pr {
@@ -350,6 +367,16 @@ fn answer_id(create: &Call, calls: &[Call]) -> Option<String> {
 }
 
 fn yaml(env: &TestEnv, case: &dyn Case, api: &FakeApi, origin: &Origin) -> String {
+    yaml_with(env, case, api, origin, "")
+}
+
+fn yaml_with(
+    env: &TestEnv,
+    case: &dyn Case,
+    api: &FakeApi,
+    origin: &Origin,
+    workspace_extra: &str,
+) -> String {
     format!(
         r#"listen: "127.0.0.1:0"
 data_dir: "{data}"
@@ -375,7 +402,7 @@ providers:
     repo: {repo}
     dir: network
     auto_apply: true
-"#,
+{workspace_extra}"#,
         data = env.data_dir().display(),
         db = env.db_url,
         tf = terraform_bin(),
@@ -607,4 +634,337 @@ async fn bitbucket_pull_requests_are_planned_commented_and_applied_on_merge() {
 #[tokio::test]
 async fn azure_devops_pull_requests_are_planned_commented_and_applied_on_merge() {
     provider_end_to_end(&AzureCase).await;
+}
+
+// --- Parsing the documented payloads, every field as the services send it. ---
+
+mod parsing {
+    use gantry::commands::Command;
+    use gantry::vcs::{self, Incoming, PrAction, VcsEvent};
+    use serde_json::Value;
+
+    use super::fixture;
+
+    const HEAD: &str = "da1560886d4f094c3e6c9ef40349f7d38b5d27d7";
+    const MERGE: &str = "e3a1c7f0b9d24c6a8f5e1d2c3b4a59687f6e5d4c";
+
+    fn bytes(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
+    }
+
+    fn event(i: Incoming) -> (VcsEvent, bool) {
+        match i {
+            Incoming::Event {
+                event, actionable, ..
+            } => (*event, actionable),
+            Incoming::Ignored { reason, .. } => panic!("ignored: {reason}"),
+        }
+    }
+
+    fn pr(i: Incoming) -> (vcs::PullRequestEvent, bool) {
+        match event(i) {
+            (VcsEvent::PullRequest(pr), actionable) => (pr, actionable),
+            other => panic!("not a pull request: {other:?}"),
+        }
+    }
+
+    fn ignored(i: Incoming) -> String {
+        match i {
+            Incoming::Ignored { reason, .. } => reason,
+            other => panic!("not ignored: {other:?}"),
+        }
+    }
+
+    fn plan_command(i: Incoming) -> vcs::CommandEvent {
+        match event(i) {
+            (VcsEvent::Command(c), true) => c,
+            other => panic!("not a command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gitlab_payloads() {
+        let parse = |event: &str, file: &str| {
+            vcs::gitlab::parse_payload(event, "d", &bytes(&fixture("gitlab", file))).unwrap()
+        };
+        let mr = "Merge Request Hook";
+        let (open, actionable) = pr(parse(mr, "merge_request.open.json"));
+        assert!(actionable);
+        assert_eq!(open.action, PrAction::Opened);
+        assert_eq!(
+            (open.repo.as_str(), open.number, open.head_sha.as_str()),
+            ("acme/infra", 7, HEAD)
+        );
+        assert_eq!(
+            (
+                open.head_ref.as_str(),
+                open.base_ref.as_str(),
+                open.author.as_str()
+            ),
+            ("widen-vpc", "main", "octocat")
+        );
+        assert_eq!(open.fetch_ref, "refs/merge-requests/7/head");
+        assert!(!open.draft && !open.from_fork && !open.merged);
+        let (update, _) = pr(parse(mr, "merge_request.update.json"));
+        assert_eq!(update.action, PrAction::Synchronize);
+        assert_eq!(update.head_sha, "0f1e2d3c4b5a69788796a5b4c3d2e1f001234567");
+        assert!(
+            ignored(parse(mr, "merge_request.update_title.json")).contains("without new commits")
+        );
+        let (merged, actionable) = pr(parse(mr, "merge_request.merge.json"));
+        assert!(actionable && merged.merged);
+        assert_eq!(merged.action, PrAction::Closed);
+        assert_eq!(merged.merge_sha.as_deref(), Some(MERGE));
+        assert!(pr(parse(mr, "merge_request.draft.json")).0.draft);
+        assert!(pr(parse(mr, "merge_request.fork.json")).0.from_fork);
+
+        match event(parse("Push Hook", "push.json")) {
+            (VcsEvent::Push(p), true) => {
+                assert_eq!((p.repo.as_str(), p.branch.as_str()), ("acme/infra", "main"));
+                assert_eq!(p.after, MERGE);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ignored(parse("Push Hook", "push.branch_deleted.json")).contains("deleted"));
+        assert!(ignored(parse("Tag Push Hook", "tag_push.json")).contains("ignored"));
+        let c = plan_command(parse("Note Hook", "note.merge_request.json"));
+        assert_eq!(
+            (c.repo.as_str(), c.pr_number, c.author.as_str()),
+            ("acme/infra", 7, "octocat")
+        );
+        assert_eq!(c.command, Command::Plan { workspace: None });
+        assert!(ignored(parse("Note Hook", "note.issue.json")).contains("not a merge request"));
+    }
+
+    #[test]
+    fn bitbucket_payloads() {
+        let parse = |event: &str, file: &str| {
+            vcs::bitbucket::parse_payload(event, "d", &bytes(&fixture("bitbucket", file))).unwrap()
+        };
+        let (open, actionable) = pr(parse("pullrequest:created", "pullrequest.created.json"));
+        assert!(actionable);
+        assert_eq!(open.action, PrAction::Opened);
+        assert_eq!(
+            (open.repo.as_str(), open.number, open.head_sha.as_str()),
+            ("acme/infra", 7, &HEAD[..12])
+        );
+        assert_eq!(
+            (
+                open.head_ref.as_str(),
+                open.base_ref.as_str(),
+                open.author.as_str()
+            ),
+            ("widen-vpc", "main", "octocat")
+        );
+        assert_eq!(open.fetch_ref, "refs/heads/widen-vpc");
+        assert!(!open.draft && !open.from_fork);
+        let (update, _) = pr(parse("pullrequest:updated", "pullrequest.updated.json"));
+        assert_eq!(update.action, PrAction::Synchronize);
+        assert_eq!(update.head_sha, "0f1e2d3c4b5a");
+        let (merged, actionable) = pr(parse("pullrequest:fulfilled", "pullrequest.fulfilled.json"));
+        assert!(actionable && merged.merged);
+        assert_eq!(merged.merge_sha.as_deref(), Some(&MERGE[..12]));
+        let (declined, actionable) = pr(parse("pullrequest:rejected", "pullrequest.rejected.json"));
+        assert!(!actionable && !declined.merged);
+        assert_eq!(declined.action, PrAction::Closed);
+        assert!(
+            pr(parse(
+                "pullrequest:created",
+                "pullrequest.created.draft.json"
+            ))
+            .0
+            .draft
+        );
+        assert!(
+            pr(parse(
+                "pullrequest:created",
+                "pullrequest.created.fork.json"
+            ))
+            .0
+            .from_fork
+        );
+        let c = plan_command(parse(
+            "pullrequest:comment_created",
+            "pullrequest.comment_created.json",
+        ));
+        assert_eq!((c.repo.as_str(), c.pr_number), ("acme/infra", 7));
+        assert_eq!(
+            c.author, "557058:0d1b0c3c-8e33-4a6c-b1b2-2f0a1c0d9e77",
+            "account_id"
+        );
+        match event(parse("repo:push", "repo.push.json")) {
+            (VcsEvent::Push(p), true) => {
+                assert_eq!((p.repo.as_str(), p.branch.as_str()), ("acme/infra", "main"));
+                assert_eq!(p.before, "3d5c6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5");
+                assert_eq!(p.after, MERGE);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ignored(parse("repo:push", "repo.push.branch_deleted.json")).contains("deleted"));
+        assert!(ignored(parse("repo:push", "repo.push.tag.json")).contains("tags"));
+        assert!(ignored(parse("repo:fork", "repo.push.json")).contains("ignored"));
+    }
+
+    #[test]
+    fn azure_devops_payloads() {
+        let parse = |file: &str| {
+            vcs::azure_devops::parse_payload(&bytes(&fixture("azure_devops", file)), None).unwrap()
+        };
+        let created = parse("git.pullrequest.created.json");
+        let Incoming::Event { delivery_id, .. } = &created else {
+            panic!()
+        };
+        let body_id = fixture("azure_devops", "git.pullrequest.created.json")["id"].clone();
+        assert_eq!(Some(delivery_id.as_str()), body_id.as_str(), "the body id");
+        let (open, actionable) = pr(created);
+        assert!(actionable);
+        assert_eq!(open.action, PrAction::Opened);
+        assert_eq!(
+            (open.repo.as_str(), open.number, open.head_sha.as_str()),
+            ("platform/infra", 7, HEAD)
+        );
+        assert_eq!(
+            (
+                open.head_ref.as_str(),
+                open.base_ref.as_str(),
+                open.author.as_str()
+            ),
+            ("widen-vpc", "main", "octocat@acme.com")
+        );
+        assert_eq!(open.fetch_ref, "refs/pull/7/merge");
+        assert!(!open.draft && !open.from_fork);
+        let (update, _) = pr(parse("git.pullrequest.updated.json"));
+        assert_eq!(update.action, PrAction::Synchronize);
+        assert_eq!(update.head_sha, "0f1e2d3c4b5a69788796a5b4c3d2e1f001234567");
+        for file in [
+            "git.pullrequest.merged.json",
+            "git.pullrequest.updated.completed.json",
+        ] {
+            let (merged, actionable) = pr(parse(file));
+            assert!(actionable && merged.merged, "{file}");
+            assert_eq!(merged.merge_sha.as_deref(), Some(MERGE), "{file}");
+        }
+        // A merge attempt that did not complete.
+        let mut conflicted = fixture("azure_devops", "git.pullrequest.merged.json");
+        conflicted["resource"]["status"] = "active".into();
+        conflicted["resource"]["mergeStatus"] = "conflicts".into();
+        let i = vcs::azure_devops::parse_payload(&bytes(&conflicted), None).unwrap();
+        assert!(ignored(i).contains("merge not completed"));
+        assert!(pr(parse("git.pullrequest.created.draft.json")).0.draft);
+        assert!(pr(parse("git.pullrequest.created.fork.json")).0.from_fork);
+        let c = plan_command(parse("git.pullrequest.comment.json"));
+        assert_eq!(
+            (c.repo.as_str(), c.pr_number, c.author.as_str()),
+            ("platform/infra", 7, "octocat@acme.com")
+        );
+        match event(parse("git.push.json")) {
+            (VcsEvent::Push(p), true) => {
+                assert_eq!(
+                    (p.repo.as_str(), p.branch.as_str()),
+                    ("platform/infra", "main")
+                );
+                assert_eq!(p.after, MERGE);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(ignored(parse("git.push.branch_deleted.json")).contains("deleted"));
+        assert!(ignored(parse("git.push.tag.json")).contains("tags"));
+    }
+}
+
+/// `/gantry apply` on a pull request whose workspace applies before merge:
+/// approval, mergeability and the commenter's write access are read from the
+/// provider's API, then the plan shown on the pull request is applied.
+async fn apply_by_comment(case: &dyn Case) {
+    let db = Db::Sqlite;
+    let env = TestEnv::new(&db).await;
+    let api = FakeApi::start().await;
+    let origin = Origin::new(&env.dir.path().join("origin-vcs"), case.repo());
+    let mut files = standard_files();
+    let base = origin.commit(&files, &[], "initial", &["refs/heads/main"]);
+    files.insert("modules/vpc/main.tf".into(), null_config("vpc-v2"));
+    let head = origin.commit(
+        &files,
+        &[base],
+        "widen",
+        &["refs/heads/widen-vpc", case.pr_ref()],
+    );
+    let head_s = head.to_string();
+    api.set_pr_head(&head_s);
+    let extra = "    workflow: apply_before_merge\n    apply_requirements: [approved, mergeable]\n";
+    let app = env
+        .spawn_app(&yaml_with(&env, case, &api, &origin, extra))
+        .await;
+    let kind = case.kind();
+    deliver(&app, case, case.pr_opened(&head_s), "c-1", WEBHOOK_SECRET).await;
+    let runs = app.wait_for_runs_done(1).await;
+    assert_eq!(runs[0]["state"], "planned", "{kind}: {}", runs[0]);
+    let id = runs[0]["id"].as_i64().unwrap();
+
+    let r = deliver(
+        &app,
+        case,
+        case.comment("/gantry apply"),
+        "c-2",
+        WEBHOOK_SECRET,
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["status"],
+        "queued",
+        "{kind}"
+    );
+    let run = wait_until(Duration::from_secs(60), || async {
+        let run = app.api(&format!("/api/runs/{id}")).await;
+        (run["state"] == "applied" || run["state"] == "errored").then_some(run)
+    })
+    .await;
+    assert_eq!(run["state"], "applied", "{kind}: {run}");
+    let paths: Vec<String> = api.calls().iter().map(|c| c.path().to_string()).collect();
+    let expected: &[&str] = match kind {
+        "gitlab" => &[
+            "/api/v4/projects/acme%2Finfra/merge_requests/7/approvals",
+            "/api/v4/projects/acme%2Finfra/members/all/6",
+        ],
+        "bitbucket" => &[
+            "/2.0/repositories/acme/infra/pullrequests/7/diffstat",
+            "/2.0/workspaces/acme/permissions/repositories/infra",
+        ],
+        _ => &[
+            "/acme/_apis/identities",
+            "/acme/_apis/accesscontrollists/2e9eb7ed-3c0a-47d4-87c1-0ffdd275fd87",
+        ],
+    };
+    for p in expected {
+        assert!(
+            paths.iter().any(|x| x == p),
+            "{kind}: no call to {p}: {paths:?}"
+        );
+    }
+    let audit = app.api("/api/audit?workspace=network").await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "comment-command" || e["action"] == "apply"),
+        "{kind}: {audit}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gitlab_apply_by_comment_checks_approval_and_access() {
+    apply_by_comment(&GitLabCase).await;
+}
+
+#[tokio::test]
+async fn bitbucket_apply_by_comment_checks_approval_and_access() {
+    apply_by_comment(&BitbucketCase).await;
+}
+
+#[tokio::test]
+async fn azure_devops_apply_by_comment_checks_approval_and_access() {
+    apply_by_comment(&AzureCase).await;
 }

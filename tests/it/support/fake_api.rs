@@ -33,6 +33,8 @@ impl Call {
 struct Inner {
     calls: Vec<Call>,
     next_id: i64,
+    /// The head commit of pull request 7 (the one the fake's answers describe).
+    head: String,
 }
 
 #[derive(Clone)]
@@ -55,8 +57,95 @@ fn decode_body(content_type: &str, bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// Pull request 7, approved, mergeable, and octocat's write access, as each
+/// provider's API describes them.
+fn pull_request_answer(path: &str, head: &str) -> Option<Value> {
+    Some(match path {
+        "/api/v4/projects/acme%2Finfra/merge_requests/7" => json!({
+            "id": 99, "iid": 7, "project_id": 15, "title": "Widen the VPC", "state": "opened",
+            "sha": head, "source_branch": "widen-vpc", "target_branch": "main",
+            "source_project_id": 15, "target_project_id": 15, "draft": false,
+            "merge_status": "can_be_merged", "detailed_merge_status": "mergeable", "has_conflicts": false
+        }),
+        "/api/v4/projects/acme%2Finfra/merge_requests/7/approvals" => json!({
+            "id": 99, "iid": 7, "project_id": 15, "state": "opened", "approved": true,
+            "approvals_required": 1, "approvals_left": 0,
+            "approved_by": [{"user": {"id": 2, "username": "monalisa", "name": "Mona Lisa"}}]
+        }),
+        "/api/v4/users" => {
+            json!([{"id": 6, "username": "octocat", "name": "Octo Cat", "state": "active"}])
+        }
+        "/api/v4/projects/acme%2Finfra/members/all/6" => json!({
+            "id": 6, "username": "octocat", "name": "Octo Cat", "state": "active", "access_level": 30
+        }),
+        "/2.0/repositories/acme/infra/pullrequests/7" => {
+            let endpoint = |branch: &str, hash: &str| {
+                json!({
+                    "branch": {"name": branch}, "commit": {"hash": hash, "type": "commit"},
+                    "repository": {"type": "repository", "full_name": "acme/infra", "name": "infra"}
+                })
+            };
+            json!({
+                "type": "pullrequest", "id": 7, "title": "Widen the VPC", "state": "OPEN", "draft": false,
+                "author": {"type": "user", "nickname": "octocat", "account_id": "557058:0d1b0c3c-8e33-4a6c-b1b2-2f0a1c0d9e77"},
+                "source": endpoint("widen-vpc", &head[..12]),
+                "destination": endpoint("main", "3d5c6a7b8c9d"),
+                "merge_commit": null,
+                "participants": [{"type": "participant", "role": "REVIEWER", "approved": true, "state": "approved",
+                                  "user": {"type": "user", "nickname": "monalisa"}}]
+            })
+        }
+        "/2.0/repositories/acme/infra/pullrequests/7/diffstat" => json!({
+            "pagelen": 500, "page": 1, "size": 1,
+            "values": [{"type": "diffstat", "status": "modified", "lines_added": 1, "lines_removed": 1}]
+        }),
+        "/2.0/workspaces/acme/permissions/repositories/infra" => json!({
+            "pagelen": 10, "page": 1, "size": 1,
+            "values": [{"type": "repository_permission", "permission": "write",
+                        "user": {"type": "user", "account_id": "557058:0d1b0c3c-8e33-4a6c-b1b2-2f0a1c0d9e77"}}]
+        }),
+        "/acme/platform/_apis/git/repositories/infra/pullRequests/7" => json!({
+            "pullRequestId": 7, "status": "active", "title": "Widen the VPC",
+            "repository": {"id": "4bc14d40-c903-45e2-872e-0462c7748079", "name": "infra",
+                           "project": {"id": "6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c", "name": "platform"}},
+            "sourceRefName": "refs/heads/widen-vpc", "targetRefName": "refs/heads/main",
+            "mergeStatus": "succeeded", "isDraft": false,
+            "lastMergeSourceCommit": {"commitId": head},
+            "reviewers": [{"displayName": "Mona Lisa", "uniqueName": "monalisa@acme.com", "vote": 10}]
+        }),
+        "/acme/platform/_apis/git/repositories/infra" => json!({
+            "id": "4bc14d40-c903-45e2-872e-0462c7748079", "name": "infra",
+            "project": {"id": "6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c", "name": "platform"}
+        }),
+        "/acme/_apis/identities" => json!({"count": 1, "value": [{
+            "id": "54d125f7-69f7-4191-904f-c5b96b6261c8",
+            "descriptor": "Microsoft.IdentityModel.Claims.ClaimsIdentity;acme.onmicrosoft.com\\octocat@acme.com",
+            "providerDisplayName": "Octo Cat"
+        }]}),
+        "/acme/_apis/accesscontrollists/2e9eb7ed-3c0a-47d4-87c1-0ffdd275fd87" => {
+            json!({"count": 1, "value": [{
+                "inheritPermissions": true,
+                "token": "repoV2/6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c/4bc14d40-c903-45e2-872e-0462c7748079",
+                "acesDictionary": {
+                    "Microsoft.IdentityModel.Claims.ClaimsIdentity;acme.onmicrosoft.com\\octocat@acme.com": {
+                        "descriptor": "Microsoft.IdentityModel.Claims.ClaimsIdentity;acme.onmicrosoft.com\\octocat@acme.com",
+                        "allow": 0, "deny": 0,
+                        "extendedInfo": {"effectiveAllow": 16502, "effectiveDeny": 0}
+                    }
+                }
+            }]})
+        }
+        _ => return None,
+    })
+}
+
 /// The answer to one call, by provider route.
-fn answer(method: &Method, path: &str, id: i64) -> (StatusCode, Value) {
+fn answer(method: &Method, path: &str, id: i64, head: &str) -> (StatusCode, Value) {
+    if method == Method::GET && !head.is_empty() {
+        if let Some(v) = pull_request_answer(path, head) {
+            return (StatusCode::OK, v);
+        }
+    }
     let post = method == Method::POST;
     let get = method == Method::GET;
     let created = StatusCode::CREATED;
@@ -165,7 +254,7 @@ impl FakeApi {
                         authorization: header("authorization"),
                         private_token: header("private-token"),
                     });
-                    let (status, value) = answer(&method, uri.path(), id);
+                    let (status, value) = answer(&method, uri.path(), id, &s.head);
                     (status, Json(value)).into_response()
                 }
             },
@@ -178,6 +267,11 @@ impl FakeApi {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Pull request 7 is open at `sha`, approved, and octocat may write.
+    pub fn set_pr_head(&self, sha: &str) {
+        self.inner.lock().unwrap().head = sha.to_string();
     }
 
     pub fn calls(&self) -> Vec<Call> {
