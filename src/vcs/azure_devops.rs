@@ -259,16 +259,13 @@ pub fn parse_payload(body: &[u8], request_id: Option<&str>) -> Result<Incoming, 
         .filter(|i| !i.is_empty() && i.len() <= 200)
         .or_else(|| request_id.map(str::to_string))
         .unwrap_or_else(|| super::body_hash(body));
-    let ignored = |reason: String| Incoming::Ignored {
-        event_type: event_type.to_string(),
-        reason,
+    let delivery = super::Delivery {
+        id: &delivery_id,
+        event_type,
     };
-    let event = |action: Option<String>, event: VcsEvent, actionable: bool| Incoming::Event {
-        delivery_id: delivery_id.clone(),
-        event_type: event_type.to_string(),
-        action,
-        event: Box::new(event),
-        actionable,
+    let ignored = |reason: String| delivery.ignored(reason);
+    let event = |action: Option<String>, event: VcsEvent, actionable: bool| {
+        delivery.event(action, event, actionable)
     };
     match event_type {
         "git.pullrequest.created" | "git.pullrequest.updated" | "git.pullrequest.merged" => {

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::rest::{basic, RestClient};
 use super::{
-    CommandEvent, CommitStatus, GitCredentials, Incoming, PrAction, PullRequestEvent,
+    parse_json, CommandEvent, CommitStatus, GitCredentials, Incoming, PrAction, PullRequestEvent,
     PullRequestInfo, PushEvent, StatusState, VcsError, VcsEvent, VcsProvider, WebhookError,
 };
 use crate::config::{ProviderAuth, ProviderConfig};
@@ -276,11 +276,6 @@ struct CommentPayload {
     repository: Repository,
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, WebhookError> {
-    serde_json::from_slice(body)
-        .map_err(|e| WebhookError::BadRequest(format!("malformed {event} payload: {e}")))
-}
-
 /// Parses a verified Bitbucket Cloud delivery.
 pub fn parse_payload(
     event_key: &str,
@@ -288,17 +283,14 @@ pub fn parse_payload(
     body: &[u8],
 ) -> Result<Incoming, WebhookError> {
     let _: serde::de::IgnoredAny = parse_json(event_key, body)?;
-    let ignored = |reason: String| Incoming::Ignored {
-        event_type: event_key.to_string(),
-        reason,
+    let delivery = super::Delivery {
+        id: delivery_id,
+        event_type: event_key,
     };
-    let event = |event: VcsEvent, actionable: bool| Incoming::Event {
-        delivery_id: delivery_id.to_string(),
-        event_type: event_key.to_string(),
-        action: event_key.split_once(':').map(|(_, a)| a.to_string()),
-        event: Box::new(event),
-        actionable,
-    };
+    let ignored = |reason: String| delivery.ignored(reason);
+    let action = event_key.split_once(':').map(|(_, a)| a.to_string());
+    let event =
+        |event: VcsEvent, actionable: bool| delivery.event(action.clone(), event, actionable);
     match event_key {
         "pullrequest:created"
         | "pullrequest:updated"

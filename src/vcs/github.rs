@@ -14,7 +14,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use super::{
-    CommandEvent, CommitStatus, GitCredentials, Incoming, PrAction, PullRequestEvent,
+    parse_json, CommandEvent, CommitStatus, GitCredentials, Incoming, PrAction, PullRequestEvent,
     PullRequestInfo, PushEvent, VcsError, VcsEvent, VcsProvider, WebhookError,
 };
 use crate::config::{ProviderAuth, ProviderConfig};
@@ -321,11 +321,6 @@ struct PingPayload {
     zen: Option<String>,
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, WebhookError> {
-    serde_json::from_slice(body)
-        .map_err(|e| WebhookError::BadRequest(format!("malformed {event} payload: {e}")))
-}
-
 /// Parses a verified GitHub delivery.
 pub fn parse_payload(
     event_type: &str,
@@ -334,16 +329,13 @@ pub fn parse_payload(
 ) -> Result<Incoming, WebhookError> {
     // Every delivery must at least be JSON, whatever its type.
     let _: serde::de::IgnoredAny = parse_json(event_type, body)?;
-    let ignored = |reason: String| Incoming::Ignored {
-        event_type: event_type.to_string(),
-        reason,
+    let delivery = super::Delivery {
+        id: delivery_id,
+        event_type,
     };
-    let event = |action: Option<String>, event: VcsEvent, actionable: bool| Incoming::Event {
-        delivery_id: delivery_id.to_string(),
-        event_type: event_type.to_string(),
-        action,
-        event: Box::new(event),
-        actionable,
+    let ignored = |reason: String| delivery.ignored(reason);
+    let event = |action: Option<String>, event: VcsEvent, actionable: bool| {
+        delivery.event(action, event, actionable)
     };
     match event_type {
         "pull_request" => {

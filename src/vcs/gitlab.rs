@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 
 use super::rest::from_status;
 use super::{
-    CommandEvent, CommitStatus, GitCredentials, Incoming, PrAction, PullRequestEvent,
+    parse_json, CommandEvent, CommitStatus, GitCredentials, Incoming, PrAction, PullRequestEvent,
     PullRequestInfo, PushEvent, StatusState, VcsError, VcsEvent, VcsProvider, WebhookError,
 };
 use crate::config::{ProviderAuth, ProviderConfig};
@@ -263,11 +263,6 @@ struct NoteHook {
     merge_request: Option<NotedMergeRequest>,
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(event: &str, body: &'a [u8]) -> Result<T, WebhookError> {
-    serde_json::from_slice(body)
-        .map_err(|e| WebhookError::BadRequest(format!("malformed {event} payload: {e}")))
-}
-
 /// The delivery id: GitLab's `Idempotency-Key` (the same on retries, 17.4+),
 /// else `X-Gitlab-Event-UUID`, else a hash of the body.
 /// (`X-Gitlab-Webhook-UUID` names the webhook, not the delivery.)
@@ -287,16 +282,13 @@ pub fn parse_payload(
     body: &[u8],
 ) -> Result<Incoming, WebhookError> {
     let _: serde::de::IgnoredAny = parse_json(event_type, body)?;
-    let ignored = |reason: String| Incoming::Ignored {
-        event_type: event_type.to_string(),
-        reason,
+    let delivery = super::Delivery {
+        id: delivery_id,
+        event_type,
     };
-    let event = |action: Option<String>, event: VcsEvent, actionable: bool| Incoming::Event {
-        delivery_id: delivery_id.to_string(),
-        event_type: event_type.to_string(),
-        action,
-        event: Box::new(event),
-        actionable,
+    let ignored = |reason: String| delivery.ignored(reason);
+    let event = |action: Option<String>, event: VcsEvent, actionable: bool| {
+        delivery.event(action, event, actionable)
     };
     match event_type {
         "Merge Request Hook" => {

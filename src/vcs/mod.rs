@@ -264,6 +264,41 @@ fn build(p: &ProviderConfig) -> anyhow::Result<Arc<dyn VcsProvider>> {
     })
 }
 
+/// Parses a webhook body (or a part of it) as `T`; a malformed one is a 400
+/// that names the event.
+pub(crate) fn parse_json<'a, T: Deserialize<'a>>(
+    event: &str,
+    body: &'a [u8],
+) -> Result<T, WebhookError> {
+    serde_json::from_slice(body)
+        .map_err(|e| WebhookError::BadRequest(format!("malformed {event} payload: {e}")))
+}
+
+/// A verified delivery being parsed: builds what it means to gantry.
+pub(crate) struct Delivery<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+}
+
+impl Delivery<'_> {
+    pub fn ignored(&self, reason: String) -> Incoming {
+        Incoming::Ignored {
+            event_type: self.event_type.to_string(),
+            reason,
+        }
+    }
+
+    pub fn event(&self, action: Option<String>, event: VcsEvent, actionable: bool) -> Incoming {
+        Incoming::Event {
+            delivery_id: self.id.to_string(),
+            event_type: self.event_type.to_string(),
+            action,
+            event: Box::new(event),
+            actionable,
+        }
+    }
+}
+
 pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
