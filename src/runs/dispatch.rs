@@ -51,6 +51,28 @@ pub async fn dispatch(ctx: &Ctx, event: EventRow) {
     let result = match &parsed {
         VcsEvent::PullRequest(pr) => pull_request(ctx, &event, pr).await,
         VcsEvent::Push(push) => push_event(ctx, &event, push).await,
+        VcsEvent::Pushes { pushes } => {
+            let mut all = Outcome::nothing("");
+            let mut details = Vec::new();
+            let mut failed = None;
+            for push in pushes {
+                match push_event(ctx, &event, push).await {
+                    Ok(o) => {
+                        details.push(o.detail);
+                        all.runs.extend(o.runs);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            all.detail = details.join("; ");
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(all),
+            }
+        }
         VcsEvent::Command(c) => super::command::handle(ctx, &event, c).await,
         VcsEvent::Ping { .. } => Ok(Outcome::nothing("ping")),
     };

@@ -332,32 +332,32 @@ pub fn parse_payload(body: &[u8], request_id: Option<&str>) -> Result<Incoming, 
         "git.push" => {
             let push: Push = parse_resource(event_type, envelope.resource)?;
             let repo = push.repository.full_name();
-            let mut branches = push
-                .ref_updates
-                .iter()
-                .filter(|u| u.name.starts_with("refs/heads/"));
-            let Some(update) = branches.next() else {
-                return Ok(ignored("push of tags only".into()));
-            };
-            let rest: Vec<&str> = branches.map(|u| u.name.as_str()).collect();
-            if !rest.is_empty() {
-                tracing::warn!(repo = %repo, "one push updated several branches; only the first is handled (not: {})", rest.join(", "));
-            }
-            let branch = update.name.trim_start_matches("refs/heads/");
-            if super::is_zero_sha(&update.new_object_id) {
-                tracing::info!(branch, repo = %repo, "branch deleted; ignored");
-                return Ok(ignored(format!("branch `{branch}` was deleted")));
-            }
-            Ok(event(
-                None,
-                VcsEvent::Push(PushEvent {
-                    repo,
+            let mut updated = Vec::new();
+            let mut deleted = Vec::new();
+            for update in &push.ref_updates {
+                let Some(branch) = update.name.strip_prefix("refs/heads/") else {
+                    continue;
+                };
+                if super::is_zero_sha(&update.new_object_id) {
+                    tracing::info!(branch, repo = %repo, "branch deleted; ignored");
+                    deleted.push(branch.to_string());
+                    continue;
+                }
+                updated.push(PushEvent {
+                    repo: repo.clone(),
                     branch: branch.to_string(),
                     before: update.old_object_id.clone(),
                     after: update.new_object_id.clone(),
-                }),
-                true,
-            ))
+                });
+            }
+            match super::pushes(updated) {
+                Some(e) => Ok(event(None, e, true)),
+                None if !deleted.is_empty() => Ok(ignored(format!(
+                    "branch `{}` was deleted",
+                    deleted.join("`, `")
+                ))),
+                None => Ok(ignored("push of tags only".into())),
+            }
         }
         "ms.vss-code.git-pullrequest-comment-event" => {
             let r: CommentResource = parse_resource(event_type, envelope.resource)?;

@@ -113,6 +113,27 @@ pub fn status_key(context: &str) -> String {
     format!("{}-{}", &context[..cut], &digest[..8])
 }
 
+/// Bitbucket renders no HTML in comments: a `<!-- marker -->` becomes a link
+/// reference (`[//]: # (marker)`, invisible once rendered), a collapsible
+/// block a bold caption, a line break in a table cell a separator.
+pub fn plain_markdown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("<!-- ") {
+        let Some(len) = rest[start..].find(" -->") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        out.push_str(&format!("[//]: # ({})", &rest[start + 5..start + len]));
+        rest = &rest[start + len + 4..];
+    }
+    out.push_str(rest);
+    out.replace("<details><summary>", "**")
+        .replace("</summary>", "**")
+        .replace("</details>", "")
+        .replace("<br>", " · ")
+}
+
 /// Checks `X-Hub-Signature: sha256=<hex>` against HMAC-SHA256(secret, body).
 pub fn verify_signature(
     secret: &[u8],
@@ -364,44 +385,45 @@ pub fn parse_payload(
         "repo:push" => {
             let p: PushPayload = parse_json(event_key, body)?;
             let repo = p.repository.full_name;
-            let mut branches = p.push.changes.iter().filter(|c| {
-                c.new
+            let mut updated = Vec::new();
+            let mut deleted = Vec::new();
+            for change in &p.push.changes {
+                let Some(state) = change.new.as_ref().or(change.old.as_ref()) else {
+                    continue;
+                };
+                if state.kind != "branch" {
+                    continue;
+                }
+                match change
+                    .new
                     .as_ref()
-                    .or(c.old.as_ref())
-                    .is_some_and(|r| r.kind == "branch")
-            });
-            let Some(change) = branches.next() else {
-                return Ok(ignored("push of tags only".into()));
-            };
-            let skipped: Vec<&str> = branches
-                .filter_map(|c| c.new.as_ref().map(|n| n.name.as_str()))
-                .collect();
-            if !skipped.is_empty() {
-                tracing::warn!(repo = %repo, "one push updated several branches; only the first is handled (not: {})", skipped.join(", "));
+                    .and_then(|n| n.target.as_ref().map(|t| (n, t)))
+                {
+                    Some((new, after)) => updated.push(PushEvent {
+                        repo: repo.clone(),
+                        branch: new.name.clone(),
+                        before: change
+                            .old
+                            .as_ref()
+                            .and_then(|o| o.target.as_ref())
+                            .map(|t| t.hash.clone())
+                            .unwrap_or_else(|| "0".repeat(40)),
+                        after: after.hash.clone(),
+                    }),
+                    None => {
+                        tracing::info!(branch = %state.name, repo = %repo, "branch deleted; ignored");
+                        deleted.push(state.name.clone());
+                    }
+                }
             }
-            let Some(new) = &change.new else {
-                let name = change.old.as_ref().map(|o| o.name.as_str()).unwrap_or("?");
-                tracing::info!(branch = name, repo = %repo, "branch deleted; ignored");
-                return Ok(ignored(format!("branch `{name}` was deleted")));
-            };
-            let Some(after) = &new.target else {
-                return Ok(ignored(format!("push to `{}` without a commit", new.name)));
-            };
-            let before = change
-                .old
-                .as_ref()
-                .and_then(|o| o.target.as_ref())
-                .map(|t| t.hash.clone())
-                .unwrap_or_else(|| "0".repeat(40));
-            Ok(event(
-                VcsEvent::Push(PushEvent {
-                    repo,
-                    branch: new.name.clone(),
-                    before,
-                    after: after.hash.clone(),
-                }),
-                true,
-            ))
+            match super::pushes(updated) {
+                Some(e) => Ok(event(e, true)),
+                None if !deleted.is_empty() => Ok(ignored(format!(
+                    "branch `{}` was deleted",
+                    deleted.join("`, `")
+                ))),
+                None => Ok(ignored("push of tags only".into())),
+            }
         }
         other => Ok(ignored(format!("event `{other}` is ignored"))),
     }
@@ -488,7 +510,10 @@ impl VcsProvider for Bitbucket {
         let path = format!("{}/pullrequests/{pr}/comments", Self::repo_path(repo));
         let c: IdRef = self
             .api
-            .post(&path, &json!({ "content": { "raw": body } }))
+            .post(
+                &path,
+                &json!({ "content": { "raw": plain_markdown(body) } }),
+            )
             .await?;
         Ok(c.id.to_string())
     }
@@ -507,7 +532,10 @@ impl VcsProvider for Bitbucket {
         );
         let _: serde_json::Value = self
             .api
-            .put(&path, &json!({ "content": { "raw": body } }))
+            .put(
+                &path,
+                &json!({ "content": { "raw": plain_markdown(body) } }),
+            )
             .await?;
         Ok(())
     }
@@ -625,15 +653,43 @@ impl VcsProvider for Bitbucket {
             Self::repo_path(repo)
         );
         let comments: Vec<CommentRef> = self.all_pages(path, 50).await?;
+        let marker = plain_markdown(marker);
         Ok(comments
             .iter()
             .filter(|c| {
                 c.content
                     .as_ref()
                     .and_then(|x| x.raw.as_deref())
-                    .is_some_and(|b| b.contains(marker))
+                    .is_some_and(|b| b.contains(&marker))
             })
             .max_by_key(|c| c.id)
             .map(|c| c.id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_are_plain_markdown() {
+        let html = "<!-- gantry:pr-comment -->\n### plan\n<details><summary>Plan output</summary>\n\n```\n+ x\n```\n</details>\n| a<br>b |";
+        assert_eq!(
+            plain_markdown(html),
+            "[//]: # (gantry:pr-comment)\n### plan\n**Plan output**\n\n```\n+ x\n```\n\n| a · b |"
+        );
+        assert_eq!(plain_markdown("no html"), "no html");
+        assert_eq!(plain_markdown("<!-- unclosed"), "<!-- unclosed");
+    }
+
+    #[test]
+    fn status_keys_fit_bitbucket() {
+        assert_eq!(status_key("gantry/network"), "gantry/network");
+        let long = status_key("gantry/a-very-long-workspace-name-for-the-platform-team");
+        assert_eq!(long.len(), 40);
+        assert_ne!(
+            long,
+            status_key("gantry/a-very-long-workspace-name-for-the-platform-team-2")
+        );
     }
 }

@@ -263,11 +263,12 @@ struct NoteHook {
     merge_request: Option<NotedMergeRequest>,
 }
 
-/// The delivery id: GitLab's `Idempotency-Key` (the same on retries, 17.4+),
-/// else `X-Gitlab-Event-UUID`, else a hash of the body.
-/// (`X-Gitlab-Webhook-UUID` names the webhook, not the delivery.)
+/// The delivery id: GitLab's `Idempotency-Key` (17.4+; the same on every
+/// retry of one event to one hook), else `X-Gitlab-Webhook-UUID` (16.2+; new
+/// on each attempt), else a hash of the body (the same on retries).
+/// `X-Gitlab-Event-UUID` is not used: hooks fired by one request share it.
 pub fn delivery_id(headers: &HeaderMap, body: &[u8]) -> String {
-    for name in ["idempotency-key", "x-gitlab-event-uuid"] {
+    for name in ["idempotency-key", "x-gitlab-webhook-uuid"] {
         if let Some(v) = super::header(headers, name).filter(|v| !v.is_empty() && v.len() <= 200) {
             return v.to_string();
         }
@@ -694,5 +695,24 @@ impl VcsProvider for GitLab {
             .filter(|n| n.body.as_deref().is_some_and(|b| b.contains(marker)))
             .max_by_key(|n| n.id)
             .map(|n| n.id.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delivery_id_prefers_the_idempotency_key_then_the_webhook_uuid_then_the_body() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-gitlab-event-uuid",
+            "shared-by-one-request".parse().unwrap(),
+        );
+        assert_eq!(delivery_id(&h, b"{}"), super::super::body_hash(b"{}"));
+        h.insert("x-gitlab-webhook-uuid", "per-attempt".parse().unwrap());
+        assert_eq!(delivery_id(&h, b"{}"), "per-attempt");
+        h.insert("idempotency-key", "per-event".parse().unwrap());
+        assert_eq!(delivery_id(&h, b"{}"), "per-event");
     }
 }

@@ -50,6 +50,10 @@ pub enum Incoming {
 pub enum VcsEvent {
     PullRequest(PullRequestEvent),
     Push(PushEvent),
+    /// One push that updated several branches (Bitbucket, Azure DevOps).
+    Pushes {
+        pushes: Vec<PushEvent>,
+    },
     /// A `/gantry …` comment on a pull request.
     Command(CommandEvent),
     Ping {
@@ -62,6 +66,7 @@ impl VcsEvent {
         match self {
             VcsEvent::PullRequest(pr) => Some(&pr.repo),
             VcsEvent::Push(p) => Some(&p.repo),
+            VcsEvent::Pushes { pushes } => pushes.first().map(|p| p.repo.as_str()),
             VcsEvent::Command(c) => Some(&c.repo),
             VcsEvent::Ping { .. } => None,
         }
@@ -307,6 +312,15 @@ pub(crate) fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
 pub(crate) fn body_hash(body: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256-{}", hex::encode(sha2::Sha256::digest(body)))
+}
+
+/// The event for the branches one push updated: none, one, or several.
+pub(crate) fn pushes(mut updated: Vec<PushEvent>) -> Option<VcsEvent> {
+    match updated.len() {
+        0 => None,
+        1 => updated.pop().map(VcsEvent::Push),
+        _ => Some(VcsEvent::Pushes { pushes: updated }),
+    }
 }
 
 /// The all-zero SHA providers send for a deleted (or not yet existing) ref.

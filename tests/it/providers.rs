@@ -90,9 +90,10 @@ impl Case for GitLabCase {
             json_headers(&[
                 ("X-Gitlab-Event", event),
                 ("X-Gitlab-Token", secret),
-                ("X-Gitlab-Event-UUID", delivery),
+                ("Idempotency-Key", delivery),
+                ("X-Gitlab-Webhook-UUID", &uuid::Uuid::new_v4().to_string()),
                 (
-                    "X-Gitlab-Webhook-UUID",
+                    "X-Gitlab-Event-UUID",
                     "b3a1f7c4-0b5e-4a8e-9f6d-2c1e0d9b8a7f",
                 ),
             ]),
@@ -313,8 +314,10 @@ impl Case for AzureCase {
     }
     fn push(&self, before: &str, after: &str) -> (&'static str, Value) {
         let mut p = fixture("azure_devops", "git.push.json");
+        // Azure DevOps batches the branches of one push: main and another.
         p["resource"]["refUpdates"] = json!([
-            {"name": "refs/heads/main", "oldObjectId": before, "newObjectId": after}
+            {"name": "refs/heads/main", "oldObjectId": before, "newObjectId": after},
+            {"name": "refs/heads/staging", "oldObjectId": before, "newObjectId": after}
         ]);
         ("", p)
     }
@@ -801,6 +804,22 @@ mod parsing {
             other => panic!("{other:?}"),
         }
         assert!(ignored(parse("repo:push", "repo.push.branch_deleted.json")).contains("deleted"));
+        // One push updating two branches (and deleting a third): both handled.
+        let mut two = fixture("bitbucket", "repo.push.json");
+        let mut staging = two["push"]["changes"][0].clone();
+        staging["new"]["name"] = "staging".into();
+        staging["old"]["name"] = "staging".into();
+        let deleted =
+            fixture("bitbucket", "repo.push.branch_deleted.json")["push"]["changes"][0].clone();
+        two["push"]["changes"] =
+            serde_json::json!([two["push"]["changes"][0].clone(), deleted, staging]);
+        match event(vcs::bitbucket::parse_payload("repo:push", "d", &bytes(&two)).unwrap()) {
+            (VcsEvent::Pushes { pushes: p }, true) => {
+                let branches: Vec<&str> = p.iter().map(|p| p.branch.as_str()).collect();
+                assert_eq!(branches, ["main", "staging"]);
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(ignored(parse("repo:push", "repo.push.tag.json")).contains("tags"));
         assert!(ignored(parse("repo:fork", "repo.push.json")).contains("ignored"));
     }
@@ -868,6 +887,19 @@ mod parsing {
             other => panic!("{other:?}"),
         }
         assert!(ignored(parse("git.push.branch_deleted.json")).contains("deleted"));
+        let mut two = fixture("azure_devops", "git.push.json");
+        two["resource"]["refUpdates"] = serde_json::json!([
+            {"name": "refs/heads/main", "oldObjectId": "3d5c6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5", "newObjectId": MERGE},
+            {"name": "refs/tags/v1", "oldObjectId": "0000000000000000000000000000000000000000", "newObjectId": MERGE},
+            {"name": "refs/heads/staging", "oldObjectId": "3d5c6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4d5", "newObjectId": MERGE}
+        ]);
+        match event(vcs::azure_devops::parse_payload(&bytes(&two), None).unwrap()) {
+            (VcsEvent::Pushes { pushes: p }, true) => {
+                let branches: Vec<&str> = p.iter().map(|p| p.branch.as_str()).collect();
+                assert_eq!(branches, ["main", "staging"]);
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(ignored(parse("git.push.tag.json")).contains("tags"));
     }
 }
