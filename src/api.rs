@@ -551,6 +551,7 @@ async fn drift_check(
             pr_number: None,
             head_sha: sha,
             git_ref: branch_ref,
+            head_repo: None,
         }])
         .await?;
     audit_run(&ctx, "drift-check", &runs[0], None).await?;

@@ -63,7 +63,8 @@ impl Mirrors {
     }
 
     /// Fetches `refs` (full ref names, e.g. `refs/heads/main`,
-    /// `refs/pull/7/head`) from `url` into the mirror, creating it on first use.
+    /// `refs/pull/7/head`, or `src:dst` to rename) from `url` into the mirror,
+    /// creating it on first use.
     pub async fn fetch(
         &self,
         provider_id: &str,
@@ -134,7 +135,14 @@ fn fetch_blocking(
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks);
     opts.download_tags(git2::AutotagOption::None);
-    let refspecs: Vec<String> = refs.iter().map(|r| format!("+{r}:{r}")).collect();
+    // `src:dst` maps a ref of another repository (a fork) to a local name.
+    let refspecs: Vec<String> = refs
+        .iter()
+        .map(|r| match r.contains(':') {
+            true => format!("+{r}"),
+            false => format!("+{r}:{r}"),
+        })
+        .collect();
     let mut remote = repo.remote_anonymous(url)?;
     remote
         .fetch(&refspecs, Some(&mut opts), None)
@@ -144,6 +152,12 @@ fn fetch_blocking(
             message: e.message().to_string(),
         })?;
     Ok(())
+}
+
+/// The refspec that fetches `git_ref` of a fork into the base repository's
+/// mirror under gantry's own name for pull request `pr`.
+pub fn fork_refspec(git_ref: &str, pr: Option<i64>) -> String {
+    format!("{git_ref}:refs/gantry/forks/{}/head", pr.unwrap_or(0))
 }
 
 fn redact_url(url: &str) -> String {

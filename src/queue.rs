@@ -198,6 +198,7 @@ pub async fn drift_pass(
             pr_number: None,
             head_sha: sha,
             git_ref: branch_ref,
+            head_repo: None,
         };
         match ctx
             .store

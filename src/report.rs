@@ -398,6 +398,7 @@ mod tests {
             pr_number: Some(7),
             head_sha: "abcdef1234567890".into(),
             git_ref: "refs/pull/7/head".into(),
+            head_repo: None,
             attempt: 1,
             retry_of: None,
             enqueued_at: 0,
@@ -461,6 +462,36 @@ mod tests {
         assert!(body.contains("small plan"));
         assert!(body.contains("  + line 0\n"));
         assert!(body.contains("  + line 19999"));
+    }
+
+    #[test]
+    fn every_providers_comment_stays_under_its_limit() {
+        let a = run("network", RunState::Planned);
+        let huge: String = (0..100_000).map(|i| format!("  + line {i}\n")).collect();
+        let sections = [Section {
+            run: &a,
+            output: Some(huge),
+            lock: None,
+        }];
+        for (provider, limit, hard) in [
+            ("github", crate::vcs::github::COMMENT_LIMIT, 65_536),
+            ("gitlab", crate::vcs::gitlab::COMMENT_LIMIT, 1_000_000),
+            ("bitbucket", crate::vcs::bitbucket::COMMENT_LIMIT, 32_768),
+            (
+                "azure_devops",
+                crate::vcs::azure_devops::COMMENT_LIMIT,
+                150_000,
+            ),
+        ] {
+            let mut body = render_comment("abcdef1234567890", &sections, limit, COMMENT_MARKER);
+            if provider == "bitbucket" {
+                body = crate::vcs::bitbucket::plain_markdown(&body);
+            }
+            let n = body.chars().count();
+            assert!(n <= hard, "{provider}: {n} > {hard}");
+            assert!(n > limit / 2, "{provider}: the room is used ({n})");
+            assert!(body.contains("lines truncated"), "{provider}");
+        }
     }
 
     #[test]

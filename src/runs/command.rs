@@ -132,6 +132,7 @@ where
         branch: &pr.base_ref,
         head_sha: &pr.head_sha,
         git_ref: pr.fetch_ref.clone(),
+        head_repo: pr.head_repo.as_deref(),
         source: RunSource::Comment,
         pr_number: Some(c.pr_number),
         diff_from: DiffFrom::ForkOf(format!("refs/heads/{}", pr.base_ref)),

@@ -143,6 +143,8 @@ pub(super) struct Change<'a> {
     pub(super) head_sha: &'a str,
     /// The ref runs fetch the head by.
     pub(super) git_ref: String,
+    /// The fork `git_ref` lives in, when it is not in `repo` itself.
+    pub(super) head_repo: Option<&'a str>,
     pub(super) source: RunSource,
     pub(super) pr_number: Option<i64>,
     /// Diff against the fork point from this ref (pull requests), or from this
@@ -166,6 +168,35 @@ pub(super) struct Found {
     pub(super) changed: usize,
     /// The head as a full SHA (some providers send abbreviated ones).
     pub(super) head_sha: String,
+}
+
+/// Fetches a pull request's head from the fork it lives in into the base
+/// repository's mirror (under gantry's own ref name).
+pub(crate) async fn fetch_fork(
+    ctx: &Ctx,
+    provider: &dyn crate::vcs::VcsProvider,
+    repo: &str,
+    fork: &str,
+    git_ref: &str,
+    pr: Option<i64>,
+) -> Result<crate::git::Mirror, GitError> {
+    let url = provider.clone_url(fork);
+    let creds = provider
+        .git_credentials(fork)
+        .await
+        .map_err(|e| GitError::Fetch {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+    ctx.mirrors
+        .fetch(
+            provider.id(),
+            repo,
+            &url,
+            creds,
+            &[crate::git::fork_refspec(git_ref, pr)],
+        )
+        .await
 }
 
 /// The runs a change causes, or why it causes none.
@@ -207,14 +238,28 @@ pub(super) async fn runs_for(
             url: url.clone(),
             message: e.to_string(),
         })?;
-    let mut refs = vec![change.git_ref.clone()];
+    let mut refs = Vec::new();
+    if change.head_repo.is_none() {
+        refs.push(change.git_ref.clone());
+    }
     if let DiffFrom::ForkOf(base) = &change.diff_from {
         refs.push(base.clone());
     }
-    let mirror = ctx
+    let mut mirror = ctx
         .mirrors
         .fetch(&event.provider_id, change.repo, &url, creds, &refs)
         .await?;
+    if let Some(fork) = change.head_repo {
+        mirror = fetch_fork(
+            ctx,
+            &*provider,
+            change.repo,
+            fork,
+            &change.git_ref,
+            change.pr_number,
+        )
+        .await?;
+    }
     let Ok(head) = mirror.resolve(change.head_sha) else {
         return Ok(Err(format!(
             "commit {} is no longer there; a newer event follows",
@@ -265,6 +310,7 @@ pub(super) async fn runs_for(
                 pr_number: change.pr_number,
                 head_sha: head_sha.clone(),
                 git_ref: change.git_ref.clone(),
+                head_repo: change.head_repo.map(str::to_string),
             }
         })
         .collect();
@@ -329,6 +375,7 @@ async fn pull_request(
         branch: &pr.base_ref,
         head_sha: &pr.head_sha,
         git_ref: pr.fetch_ref.clone(),
+        head_repo: pr.head_repo.as_deref(),
         source: RunSource::PullRequest,
         pr_number: Some(pr.number),
         diff_from: DiffFrom::ForkOf(format!("refs/heads/{}", pr.base_ref)),
@@ -375,6 +422,7 @@ async fn merged_pull_request(
         branch: &pr.base_ref,
         head_sha: merge_sha,
         git_ref: format!("refs/heads/{}", pr.base_ref),
+        head_repo: None,
         source: RunSource::Push,
         pr_number: None,
         diff_from: DiffFrom::FirstParent,
@@ -460,6 +508,7 @@ async fn push_event(ctx: &Ctx, event: &EventRow, push: &PushEvent) -> anyhow::Re
         branch: &push.branch,
         head_sha: &push.after,
         git_ref: format!("refs/heads/{}", push.branch),
+        head_repo: None,
         source: RunSource::Push,
         pr_number: None,
         diff_from: DiffFrom::Commit(Some(push.before.clone())),

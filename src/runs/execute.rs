@@ -196,16 +196,30 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
             .git_credentials(&run.repo)
             .await
             .map_err(|e| Failure(format!("git credentials: {e}")))?;
-        mirror = ctx
-            .mirrors
-            .fetch(
-                &run.provider_id,
-                &run.repo,
-                &provider.clone_url(&run.repo),
-                creds,
-                std::slice::from_ref(&run.git_ref),
-            )
-            .await?;
+        mirror = match &run.head_repo {
+            Some(fork) => {
+                crate::runs::dispatch::fetch_fork(
+                    ctx,
+                    &*provider,
+                    &run.repo,
+                    fork,
+                    &run.git_ref,
+                    run.pr_number,
+                )
+                .await?
+            }
+            None => {
+                ctx.mirrors
+                    .fetch(
+                        &run.provider_id,
+                        &run.repo,
+                        &provider.clone_url(&run.repo),
+                        creds,
+                        std::slice::from_ref(&run.git_ref),
+                    )
+                    .await?
+            }
+        };
     }
     let work = work_dir(ctx, run.id);
     let _ = tokio::fs::remove_dir_all(&work).await;

@@ -237,6 +237,8 @@ pub struct Run {
     pub pr_number: Option<i64>,
     pub head_sha: String,
     pub git_ref: String,
+    /// The fork `git_ref` is fetched from (Bitbucket pull requests from forks).
+    pub head_repo: Option<String>,
     pub attempt: i64,
     pub retry_of: Option<i64>,
     pub enqueued_at: i64,

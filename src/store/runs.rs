@@ -23,12 +23,14 @@ pub struct NewRun {
     pub pr_number: Option<i64>,
     pub head_sha: String,
     pub git_ref: String,
+    /// The fork `git_ref` is fetched from (Bitbucket pull requests from forks).
+    pub head_repo: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "id, workspace, event_id, kind, source, state, state_reason, provider_id, repo, branch,
     pr_number, head_sha, git_ref, attempt, retry_of, enqueued_at, started_at, finished_at, updated_at,
     plan_add, plan_change, plan_destroy, apply_requested, planned_at, state_version_at_plan, requested_by, cost_estimate,
-    policy_results, policy_override";
+    policy_results, policy_override, head_repo";
 
 const ACTIVE: &str = "('fetching', 'planning', 'applying')";
 
@@ -56,6 +58,7 @@ fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
         pr_number: row.try_get("pr_number")?,
         head_sha: row.try_get("head_sha")?,
         git_ref: row.try_get("git_ref")?,
+        head_repo: row.try_get("head_repo")?,
         attempt: row.try_get("attempt")?,
         retry_of: row.try_get("retry_of")?,
         enqueued_at: row.try_get("enqueued_at")?,
@@ -130,8 +133,8 @@ pub(super) async fn insert_run(
 ) -> StoreResult<Run> {
     let row = sqlx::query(&format!(
         "INSERT INTO runs (workspace, event_id, kind, source, state, provider_id, repo, branch, pr_number,
-                           head_sha, git_ref, attempt, enqueued_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, 1, $11, $11)
+                           head_sha, git_ref, head_repo, attempt, enqueued_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)
          RETURNING {RUN_COLUMNS}"
     ))
     .bind(&r.workspace)
@@ -144,6 +147,7 @@ pub(super) async fn insert_run(
     .bind(r.pr_number)
     .bind(&r.head_sha)
     .bind(&r.git_ref)
+    .bind(&r.head_repo)
     .bind(now)
     .fetch_one(&mut **tx)
     .await?;
@@ -464,9 +468,9 @@ impl Store {
             } else if !run.apply_requested && run.attempt == 1 {
                 let retry = sqlx::query(&format!(
                     "INSERT INTO runs (workspace, event_id, kind, source, state, provider_id, repo, branch, pr_number,
-                                       head_sha, git_ref, attempt, retry_of, enqueued_at, updated_at)
+                                       head_sha, git_ref, head_repo, attempt, retry_of, enqueued_at, updated_at)
                      SELECT workspace, event_id, kind, source, 'queued', provider_id, repo, branch, pr_number,
-                            head_sha, git_ref, attempt + 1, id, enqueued_at, $2
+                            head_sha, git_ref, head_repo, attempt + 1, id, enqueued_at, $2
                      FROM runs WHERE id = $1
                      RETURNING {RUN_COLUMNS}"
                 ))

@@ -49,6 +49,7 @@ fn new_run(ws: &str, pr: Option<i64>, sha: &str, event_id: Option<i64>) -> NewRu
         pr_number: pr,
         head_sha: sha.into(),
         git_ref: "refs/pull/7/head".into(),
+        head_repo: None,
     }
 }
 

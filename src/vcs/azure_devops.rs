@@ -325,6 +325,7 @@ pub fn parse_payload(body: &[u8], request_id: Option<&str>) -> Result<Incoming, 
                     from_fork: pr.fork_source.is_some(),
                     fetch_ref: fetch_ref(pr.pull_request_id),
                     merge_sha,
+                    head_repo: None,
                 }),
                 action != PrAction::Closed || merged,
             ))
@@ -530,6 +531,7 @@ impl VcsProvider for AzureDevOps {
             mergeable,
             open: p.status == "active",
             from_fork: p.fork_source.is_some(),
+            head_repo: None,
         })
     }
 

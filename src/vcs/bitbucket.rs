@@ -219,6 +219,15 @@ struct PullRequest {
 }
 
 impl PullRequest {
+    /// The fork the source branch lives in; Bitbucket keeps no ref for it
+    /// in the destination repository, so it is fetched from there.
+    fn fork_name(&self) -> Option<String> {
+        match &self.source.repository {
+            Some(r) if self.is_fork() => Some(r.full_name.clone()),
+            _ => None,
+        }
+    }
+
     fn is_fork(&self) -> bool {
         match (&self.source.repository, &self.destination.repository) {
             (Some(s), Some(d)) => !s.full_name.eq_ignore_ascii_case(&d.full_name),
@@ -337,6 +346,7 @@ pub fn parse_payload(
                 None
             };
             let from_fork = pr.is_fork();
+            let head_repo = pr.fork_name();
             Ok(event(
                 VcsEvent::PullRequest(PullRequestEvent {
                     action,
@@ -358,6 +368,7 @@ pub fn parse_payload(
                     from_fork,
                     fetch_ref: format!("refs/heads/{}", pr.source.branch.name),
                     merge_sha,
+                    head_repo,
                 }),
                 action != PrAction::Closed || merged,
             ))
@@ -549,6 +560,7 @@ impl VcsProvider for Bitbucket {
         let base = format!("{}/pullrequests/{pr}", Self::repo_path(repo));
         let p: PullRequest = self.api.get(&base).await?;
         let open = p.state == "OPEN";
+        let head_repo = p.fork_name();
         // Bitbucket has no mergeable flag: a conflicted file marks the diffstat.
         let mergeable = if open {
             let stats: Vec<DiffStat> = self
@@ -563,6 +575,7 @@ impl VcsProvider for Bitbucket {
             head_sha: p.source.commit.map(|c| c.hash).unwrap_or_default(),
             base_ref: p.destination.branch.name,
             fetch_ref: format!("refs/heads/{}", p.source.branch.name),
+            head_repo,
             mergeable,
             open,
         })

@@ -369,6 +369,7 @@ pub fn parse_payload(
                     fetch_ref: format!("refs/pull/{}/head", pr.number),
                     // Apply on merge follows the push GitHub sends with the merge.
                     merge_sha: None,
+                    head_repo: None,
                 }),
                 actionable,
             ))
@@ -626,6 +627,7 @@ impl VcsProvider for GitHub {
             fetch_ref: format!("refs/pull/{pr}/head"),
             mergeable: p.mergeable,
             open: p.state == "open",
+            head_repo: None,
         })
     }
 

@@ -352,6 +352,7 @@ pub fn parse_payload(
                     from_fork,
                     fetch_ref: format!("refs/merge-requests/{}/head", mr.iid),
                     merge_sha,
+                    head_repo: None,
                 }),
                 // A merge applies (once, with the push of the same commit).
                 action != PrAction::Closed || merged,
@@ -569,6 +570,7 @@ impl VcsProvider for GitLab {
                 (Some(s), Some(t)) => s != t,
                 _ => false,
             },
+            head_repo: None,
         })
     }
 

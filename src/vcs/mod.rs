@@ -106,6 +106,10 @@ pub struct PullRequestEvent {
     /// commit). `None` for GitHub, where the push alone drives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merge_sha: Option<String>,
+    /// The fork `fetch_ref` lives in, for providers that keep no ref for a
+    /// fork's commits in the base repository (Bitbucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_repo: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,6 +139,8 @@ pub struct PullRequestInfo {
     pub mergeable: Option<bool>,
     pub open: bool,
     pub from_fork: bool,
+    /// See [`PullRequestEvent::head_repo`].
+    pub head_repo: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -1000,3 +1000,126 @@ async fn bitbucket_apply_by_comment_checks_approval_and_access() {
 async fn azure_devops_apply_by_comment_checks_approval_and_access() {
     apply_by_comment(&AzureCase).await;
 }
+
+/// The drift issue calls: opened, updated, closed, on each provider's API.
+async fn drift_issue_calls(case: &dyn Case) {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let api = FakeApi::start().await;
+    let origin = Origin::new(&env.dir.path().join("origin-vcs"), case.repo());
+    let config = env.load_config(&yaml(&env, case, &api, &origin));
+    let providers = gantry::vcs::Providers::from_config(&config).unwrap();
+    let p = providers.get("vcs").unwrap();
+    let number = p
+        .create_issue(case.repo(), "Drift in network", "**drifted**: 1 resource")
+        .await
+        .unwrap();
+    assert_eq!(number, 3);
+    p.update_issue(case.repo(), 3, "still drifted", false)
+        .await
+        .unwrap();
+    p.update_issue(case.repo(), 3, "no drift any more", true)
+        .await
+        .unwrap();
+    let calls = api.calls();
+    let bodies: Vec<(&str, &str, &Value)> = calls
+        .iter()
+        .map(|c| (c.method.as_str(), c.path(), &c.body))
+        .collect();
+    match case.kind() {
+        "gitlab" => {
+            let issues = "/api/v4/projects/acme%2Finfra/issues";
+            assert_eq!(bodies[0].0, "POST");
+            assert_eq!(bodies[0].1, issues);
+            assert_eq!(bodies[0].2["title"], "Drift in network");
+            assert_eq!(bodies[0].2["description"], "**drifted**: 1 resource");
+            assert_eq!(
+                (bodies[2].0, bodies[2].1),
+                ("PUT", "/api/v4/projects/acme%2Finfra/issues/3")
+            );
+            assert_eq!(bodies[1].2.get("state_event"), None);
+            assert_eq!(bodies[2].2["state_event"], "close");
+        }
+        "bitbucket" => {
+            assert_eq!(
+                (bodies[0].0, bodies[0].1),
+                ("POST", "/2.0/repositories/acme/infra/issues")
+            );
+            assert_eq!(bodies[0].2["content"]["raw"], "**drifted**: 1 resource");
+            assert_eq!(
+                (bodies[2].0, bodies[2].1),
+                ("PUT", "/2.0/repositories/acme/infra/issues/3")
+            );
+            assert_eq!(bodies[1].2.get("state"), None);
+            assert_eq!(bodies[2].2["state"], "resolved");
+        }
+        _ => {
+            assert_eq!(
+                (bodies[0].0, bodies[0].1),
+                ("POST", "/acme/platform/_apis/wit/workitems/$Issue")
+            );
+            assert_eq!(calls[0].content_type, "application/json-patch+json");
+            assert_eq!(bodies[0].2[0]["path"], "/fields/System.Title");
+            assert_eq!(bodies[0].2[0]["value"], "Drift in network");
+            assert_eq!(
+                (bodies[2].0, bodies[2].1),
+                ("PATCH", "/acme/platform/_apis/wit/workitems/3")
+            );
+            assert_eq!(bodies[1].2.as_array().unwrap().len(), 1);
+            assert_eq!(bodies[2].2[1]["path"], "/fields/System.State");
+            assert_eq!(bodies[2].2[1]["value"], "Done");
+        }
+    }
+    assert_eq!(calls.len(), 3, "{}: {bodies:?}", case.kind());
+}
+
+#[tokio::test]
+async fn drift_issues_on_gitlab_bitbucket_and_azure_devops() {
+    drift_issue_calls(&GitLabCase).await;
+    drift_issue_calls(&BitbucketCase).await;
+    drift_issue_calls(&AzureCase).await;
+}
+
+/// A Bitbucket pull request from a fork (with `allow_fork_prs`): Bitbucket
+/// keeps no ref for it in the destination repository, so its head is fetched
+/// from the fork.
+#[tokio::test]
+async fn a_bitbucket_pull_request_from_a_fork_is_fetched_from_the_fork() {
+    let case = BitbucketCase;
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let api = FakeApi::start().await;
+    let root = env.dir.path().join("origin-vcs");
+    let origin = Origin::new(&root, "acme/infra");
+    let fork = Origin::new(&root, "octocat/infra");
+    let mut files = standard_files();
+    let base = origin.commit(&files, &[], "initial", &["refs/heads/main"]);
+    assert_eq!(
+        fork.commit(&files, &[], "initial", &["refs/heads/main"]),
+        base
+    );
+    files.insert("modules/vpc/main.tf".into(), null_config("vpc-v2"));
+    // The head exists in the fork only.
+    let head = fork.commit(&files, &[base], "widen", &["refs/heads/widen-vpc"]);
+    let yaml = yaml(&env, &case, &api, &origin)
+        .replace("concurrency: 2\n", "concurrency: 2\nallow_fork_prs: true\n");
+    let app = env.spawn_app(&yaml).await;
+    let mut payload = fixture("bitbucket", "pullrequest.created.fork.json");
+    payload["pullrequest"]["source"]["commit"]["hash"] = json!(short(&head.to_string()));
+    let r = deliver(
+        &app,
+        &case,
+        ("pullrequest:created", payload),
+        "f-1",
+        WEBHOOK_SECRET,
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let runs = app.wait_for_runs_done(1).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["state"], "planned", "{}", runs[0]);
+    assert_eq!(runs[0]["commit_sha"], head.to_string());
+    wait_for_call(&api, "final status", |c| {
+        case.is_final_status(c, &head.to_string(), true)
+    })
+    .await;
+    app.stop().await;
+}

@@ -166,6 +166,13 @@ fn answer(method: &Method, path: &str, id: i64, head: &str) -> (StatusCode, Valu
             (ok, json!({"id": 1, "body": ""}))
         } else if get && path.ends_with("/notes") {
             (ok, json!([]))
+        } else if post && path.ends_with("/issues") {
+            (
+                created,
+                json!({"id": 501, "iid": 3, "project_id": 15, "state": "opened"}),
+            )
+        } else if method == Method::PUT && path.contains("/issues/") {
+            (ok, json!({"id": 501, "iid": 3, "project_id": 15}))
         } else if get && path.ends_with("/merge_requests") && path.contains("/commits/") {
             (
                 ok,
@@ -191,6 +198,10 @@ fn answer(method: &Method, path: &str, id: i64, head: &str) -> (StatusCode, Valu
                 ok,
                 json!({"pagelen": 100, "size": 0, "page": 1, "values": []}),
             )
+        } else if post && path.ends_with("/issues") {
+            (created, json!({"type": "issue", "id": 3, "state": "new"}))
+        } else if method == Method::PUT && path.contains("/issues/") {
+            (ok, json!({"type": "issue", "id": 3}))
         } else if get && path.ends_with("/pullrequests") && path.contains("/commit/") {
             (
                 ok,
@@ -215,6 +226,13 @@ fn answer(method: &Method, path: &str, id: i64, head: &str) -> (StatusCode, Valu
         (ok, json!({"id": 1, "parentCommentId": 0}))
     } else if get && path.ends_with("/threads") {
         (ok, json!({"value": [], "count": 0}))
+    } else if post && path.ends_with("/_apis/wit/workitems/$Issue") {
+        (
+            ok,
+            json!({"id": 3, "rev": 1, "fields": {"System.WorkItemType": "Issue"}}),
+        )
+    } else if method == Method::PATCH && path.contains("/_apis/wit/workitems/") {
+        (ok, json!({"id": 3, "rev": 2}))
     } else if post && path.ends_with("/pullrequestquery") {
         (
             ok,
