@@ -10,7 +10,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`config`] | config file: load, validate, hot reload |
-//! | [`vcs`] | `VcsProvider`; GitHub webhooks, statuses, comments |
+//! | [`vcs`] | `VcsProvider`; GitHub, GitLab, Bitbucket Cloud and Azure DevOps webhooks, statuses, comments |
 //! | [`ingest`] | `POST /webhooks/{provider}` |
 //! | [`git`] | mirror cache, diffs, checkouts |
 //! | [`planner`] | affected workspaces (paths, globs, local module graph) |
