@@ -462,7 +462,11 @@ async fn provider_end_to_end(case: &dyn Case) {
         // Wrong secret: refused, nothing stored, no call to the provider.
         let r = deliver(&app, case, case.pr_opened(&head_s), "d-0", "wrong").await;
         assert_eq!(r.status(), 401, "{kind} {db:?}");
-        app.wait_for_dispatch().await;
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(app.ctx.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(stored, 0, "{kind}: nothing stored");
         assert!(app.runs().await.is_empty());
 
         // Opened: a plan, its final status, one comment.
