@@ -326,6 +326,16 @@ async fn pull_request(
     event: &EventRow,
     pr: &PullRequestEvent,
 ) -> anyhow::Result<Outcome> {
+    // A merge is the base branch's business (from a fork too): apply on merge.
+    if pr.action == PrAction::Closed {
+        return match (&pr.merge_sha, pr.merged) {
+            (Some(sha), true) => merged_pull_request(ctx, event, pr, sha).await,
+            _ => Ok(Outcome::nothing(format!(
+                "pull request #{} was closed",
+                pr.number
+            ))),
+        };
+    }
     if pr.from_fork && !ctx.config().allow_fork_prs {
         return Ok(Outcome::nothing(format!(
             "pull request #{} comes from a fork; set allow_fork_prs: true to plan forks",
@@ -338,15 +348,6 @@ async fn pull_request(
         if let Err(e) = crate::policy::impact::analyze(ctx, &event.provider_id, pr, g).await {
             tracing::warn!(policy_group = %g.name, "policy impact analysis of #{} failed: {e:#}", pr.number);
         }
-    }
-    if pr.action == PrAction::Closed {
-        return match (&pr.merge_sha, pr.merged) {
-            (Some(sha), true) => merged_pull_request(ctx, event, pr, sha).await,
-            _ => Ok(Outcome::nothing(format!(
-                "pull request #{} was closed",
-                pr.number
-            ))),
-        };
     }
     if pr.action == PrAction::Synchronize {
         // Providers that report every edit as an update (Azure DevOps, Bitbucket).
@@ -417,6 +418,8 @@ async fn merged_pull_request(
     pr: &PullRequestEvent,
     merge_sha: &str,
 ) -> anyhow::Result<Outcome> {
+    // Like the push of the merge.
+    reload_policy_groups(ctx, &event.provider_id, &pr.repo, &pr.base_ref).await;
     let change = Change {
         repo: &pr.repo,
         branch: &pr.base_ref,
@@ -478,6 +481,15 @@ async fn merge_outcome(
     })
 }
 
+/// A change to a policy group's branch reloads the group.
+async fn reload_policy_groups(ctx: &Ctx, provider_id: &str, repo: &str, branch: &str) {
+    for g in &policy_groups_of(ctx, provider_id, repo, branch) {
+        if let Err(e) = crate::policy::groups::sync(ctx, g).await {
+            tracing::warn!(policy_group = %g.name, "policy group {} not reloaded: {e}", g.name);
+        }
+    }
+}
+
 /// The policy groups kept in `repo` on `branch`.
 fn policy_groups_of(
     ctx: &Ctx,
@@ -496,13 +508,7 @@ fn policy_groups_of(
 }
 
 async fn push_event(ctx: &Ctx, event: &EventRow, push: &PushEvent) -> anyhow::Result<Outcome> {
-    // A push to a policy group's branch reloads the group.
-    let groups = policy_groups_of(ctx, &event.provider_id, &push.repo, &push.branch);
-    for g in &groups {
-        if let Err(e) = crate::policy::groups::sync(ctx, g).await {
-            tracing::warn!(policy_group = %g.name, "policy group {} not reloaded: {e}", g.name);
-        }
-    }
+    reload_policy_groups(ctx, &event.provider_id, &push.repo, &push.branch).await;
     let change = Change {
         repo: &push.repo,
         branch: &push.branch,
