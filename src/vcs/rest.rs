@@ -44,12 +44,24 @@ impl RestClient {
         &self.base
     }
 
-    /// `base` + `path` (which starts with `/`), or `path` itself when absolute.
-    pub fn url(&self, path: &str) -> String {
-        if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.base)
+    /// `base` + `path` (which starts with `/`), or `path` itself when it is
+    /// an absolute URL on the API's own origin (a pagination link). The token
+    /// is never sent anywhere else.
+    pub fn url(&self, path: &str) -> Result<String, VcsError> {
+        if !(path.starts_with("http://") || path.starts_with("https://")) {
+            return Ok(format!("{}{path}", self.base));
+        }
+        let origin = |u: &str| {
+            url::Url::parse(u)
+                .ok()
+                .map(|u| u.origin().ascii_serialization())
+        };
+        match (origin(path), origin(&self.base)) {
+            (Some(a), Some(b)) if a == b => Ok(path.to_string()),
+            _ => Err(VcsError::Other(format!(
+                "refusing to follow a link off the API's origin: {}",
+                path.split('?').next().unwrap_or_default()
+            ))),
         }
     }
 
@@ -92,7 +104,7 @@ impl RestClient {
         body: Option<&B>,
         content_type: Option<&'static str>,
     ) -> Result<T, VcsError> {
-        let url = self.url(path);
+        let url = self.url(path)?;
         let payload = match body {
             Some(b) => Some(serde_json::to_vec(b).map_err(|e| VcsError::Other(e.to_string()))?),
             None => None,
@@ -228,6 +240,19 @@ mod tests {
         assert!(classify(503, b"busy").is_transient());
         assert!(classify(429, b"").is_transient());
         assert!(!classify(400, b"bad").is_transient());
+    }
+
+    #[test]
+    fn links_are_followed_only_on_the_apis_origin() {
+        let c = RestClient::new("bb", "https://api.bitbucket.org/2.0", "Bearer t").unwrap();
+        assert_eq!(
+            c.url("/user").unwrap(),
+            "https://api.bitbucket.org/2.0/user"
+        );
+        let next = "https://api.bitbucket.org/2.0/repositories/a/b/pullrequests/1/comments?page=2";
+        assert_eq!(c.url(next).unwrap(), next);
+        assert!(c.url("https://evil.example/2.0/x?page=2").is_err());
+        assert!(c.url("http://api.bitbucket.org/2.0/x").is_err());
     }
 
     #[test]
