@@ -889,27 +889,19 @@ impl<'a> Validator<'a> {
                     format!("`{}` is not a repository like owner/name", w.repo),
                 );
             } else if segments.len() > 2 {
-                match kind {
-                    Some(ProviderKind::Bitbucket) => self.err(
-                        k("repo"),
-                        format!(
-                            "`{}` is not a Bitbucket repository like workspace/repo_slug",
-                            w.repo
-                        ),
-                    ),
-                    Some(ProviderKind::AzureDevops) => self.err(
-                        k("repo"),
-                        format!(
-                            "`{}` is not an Azure DevOps repository like project/repository",
-                            w.repo
-                        ),
-                    ),
-                    // GitLab groups nest; GitHub names have one slash.
-                    Some(ProviderKind::Github) => self.err(
-                        k("repo"),
-                        format!("`{}` is not a repository like owner/name", w.repo),
-                    ),
-                    _ => {}
+                // GitLab groups nest; the others have exactly one slash.
+                let shape = match kind {
+                    Some(ProviderKind::Bitbucket) => {
+                        Some("a Bitbucket repository like workspace/repo_slug")
+                    }
+                    Some(ProviderKind::AzureDevops) => {
+                        Some("an Azure DevOps repository like project/repository")
+                    }
+                    Some(ProviderKind::Github) => Some("a repository like owner/name"),
+                    Some(ProviderKind::Gitlab) | None => None,
+                };
+                if let Some(shape) = shape {
+                    self.err(k("repo"), format!("`{}` is not {shape}", w.repo));
                 }
             }
             if w.branch.trim().is_empty() {

@@ -51,28 +51,7 @@ pub async fn dispatch(ctx: &Ctx, event: EventRow) {
     let result = match &parsed {
         VcsEvent::PullRequest(pr) => pull_request(ctx, &event, pr).await,
         VcsEvent::Push(push) => push_event(ctx, &event, push).await,
-        VcsEvent::Pushes { pushes } => {
-            let mut all = Outcome::nothing("");
-            let mut details = Vec::new();
-            let mut failed = None;
-            for push in pushes {
-                match push_event(ctx, &event, push).await {
-                    Ok(o) => {
-                        details.push(o.detail);
-                        all.runs.extend(o.runs);
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
-            all.detail = details.join("; ");
-            match failed {
-                Some(e) => Err(e),
-                None => Ok(all),
-            }
-        }
+        VcsEvent::Pushes { pushes } => pushes_event(ctx, &event, pushes).await,
         VcsEvent::Command(c) => super::command::handle(ctx, &event, c).await,
         VcsEvent::Ping { .. } => Ok(Outcome::nothing("ping")),
     };
@@ -505,6 +484,23 @@ fn policy_groups_of(
         })
         .cloned()
         .collect()
+}
+
+/// One push that updated several branches: each branch as its own push.
+async fn pushes_event(
+    ctx: &Ctx,
+    event: &EventRow,
+    pushes: &[PushEvent],
+) -> anyhow::Result<Outcome> {
+    let mut all = Outcome::nothing("");
+    let mut details = Vec::with_capacity(pushes.len());
+    for push in pushes {
+        let outcome = push_event(ctx, event, push).await?;
+        details.push(outcome.detail);
+        all.runs.extend(outcome.runs);
+    }
+    all.detail = details.join("; ");
+    Ok(all)
 }
 
 async fn push_event(ctx: &Ctx, event: &EventRow, push: &PushEvent) -> anyhow::Result<Outcome> {

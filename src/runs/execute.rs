@@ -192,10 +192,6 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
         path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
     };
     if !mirror.has_commit(&run.head_sha) {
-        let creds = provider
-            .git_credentials(&run.repo)
-            .await
-            .map_err(|e| Failure(format!("git credentials: {e}")))?;
         mirror = match &run.head_repo {
             Some(fork) => {
                 crate::runs::dispatch::fetch_fork(
@@ -209,6 +205,10 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
                 .await?
             }
             None => {
+                let creds = provider
+                    .git_credentials(&run.repo)
+                    .await
+                    .map_err(|e| Failure(format!("git credentials: {e}")))?;
                 ctx.mirrors
                     .fetch(
                         &run.provider_id,

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use octocrab::Octocrab;
@@ -139,17 +138,7 @@ impl GitHub {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, VcsError>>,
     {
-        f.retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(500))
-                .with_max_delay(Duration::from_secs(30))
-                .with_max_times(4),
-        )
-        .when(VcsError::is_transient)
-        .notify(|e, after| {
-            tracing::warn!(provider.id = %self.id, error = %e, retry_in_ms = after.as_millis() as u64, "GitHub {what} failed; retrying")
-        })
-        .await
+        super::retry_transient(&self.id, &format!("GitHub {what}"), f).await
     }
 }
 

@@ -55,11 +55,7 @@ impl GitLab {
                 anyhow::anyhow!("provider {}: the token is not a valid header value", p.id)
             })?;
         private_token.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(30))
-            .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = super::rest::http_client()?;
         Ok(GitLab {
             id: p.id.clone(),
             api: Api {

@@ -27,11 +27,7 @@ impl RestClient {
             anyhow::anyhow!("provider {provider_id}: the token is not a valid header value")
         })?;
         authorization.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = http_client()?;
         Ok(RestClient {
             http,
             base: base.trim_end_matches('/').to_string(),
@@ -148,6 +144,15 @@ impl RestClient {
         serde_json::from_slice(bytes)
             .map_err(|e| VcsError::Other(format!("unexpected answer to {method} {path}: {e}")))
     }
+}
+
+/// The HTTP client provider APIs are called with: timeouts and gantry's user agent.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("gantry/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// reqwest errors name the URL; ours may carry a token in a query, so drop it.
