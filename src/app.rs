@@ -41,6 +41,9 @@ pub struct Ctx {
     comment_locks: CommentLocks,
     /// Policy groups loaded by this process.
     pub policy_groups: crate::policy::groups::PolicyGroups,
+    /// The sandbox terraform runs in; `None` only with `runner.sandbox: off`.
+    /// Probed once at start (a change of `runner.sandbox` needs a restart).
+    pub sandbox: Option<crate::runner::Sandbox>,
     /// Cancel tokens of the runs this process is executing.
     running: Mutex<HashMap<i64, CancellationToken>>,
     pub shutdown: CancellationToken,
@@ -111,6 +114,43 @@ impl Ctx {
     }
 }
 
+/// Probes the sandbox `serve` runs terraform in, or explains why there is none.
+/// With `runner.sandbox: on` (the default) a host that cannot sandbox is an
+/// error: there is no silent fallback.
+pub async fn sandbox_for(
+    config: &Config,
+    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+) -> anyhow::Result<Option<crate::runner::Sandbox>> {
+    use crate::config::SandboxMode;
+    match config.runner.sandbox {
+        SandboxMode::Off => {
+            tracing::warn!(
+                "runner.sandbox is off: terraform runs are NOT isolated; a pull request's code can read gantry's files and credentials"
+            );
+            Ok(None)
+        }
+        SandboxMode::On => {
+            let helper = crate::runner::Sandbox::helper_path(env)?;
+            let sandbox = crate::runner::Sandbox::probe(&helper).await.with_context(|| {
+                format!(
+                    "runner.sandbox is on (the default) but terraform cannot be sandboxed on this host; \
+                     fix the host, or set `runner.sandbox: off` in {} to run pull requests' Terraform without isolation",
+                    config.source.display()
+                )
+            })?;
+            let runner = crate::runner::LocalRunner::new(config, env, Some(sandbox.clone()))?;
+            runner
+                .check_exposure(&config.protected_paths())
+                .with_context(|| format!("checking the sandbox against {}", config.source.display()))?;
+            if let Some((uid, _)) = sandbox.run_as() {
+                crate::runner::sandbox::ensure_traversable(&config.data_dir, uid)?;
+            }
+            tracing::info!(sandbox = %sandbox.layers(), "terraform runs sandboxed: {}", sandbox.layers());
+            Ok(Some(sandbox))
+        }
+    }
+}
+
 pub struct App {
     ctx: Arc<Ctx>,
     listener: TcpListener,
@@ -125,6 +165,7 @@ impl App {
         let pg_connections = (config.concurrency as u32)
             .saturating_mul(2)
             .saturating_add(8);
+        let sandbox = sandbox_for(&config, &*env).await?;
         let store = Store::connect_sized(&config.database_url, pg_connections).await?;
         store.migrate().await?;
         let providers = Providers::from_config(&config)?;
@@ -141,6 +182,7 @@ impl App {
             events_stored: Notify::new(),
             comment_locks: Mutex::default(),
             running: Mutex::default(),
+            sandbox,
             policy_groups: Default::default(),
             shutdown: CancellationToken::new(),
         });

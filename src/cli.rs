@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{process_env, Config};
 use crate::git::Mirrors;
-use crate::runner::{LocalRunner, PlanRequest, Runner};
+use crate::runner::{LocalRunner, RunDirs, Runner};
 use crate::store::Store;
 use crate::vcs::Providers;
 
@@ -68,6 +68,15 @@ pub enum Command {
     Migrate {
         #[arg(long, default_value = "config/gantry.yaml")]
         config: PathBuf,
+    },
+    /// Internal: enters the sandbox and runs a program in it (the runner
+    /// starts terraform this way).
+    #[command(name = "sandbox-exec", hide = true)]
+    SandboxExec {
+        #[arg(long)]
+        spec: String,
+        #[arg(last = true)]
+        argv: Vec<std::ffi::OsString>,
     },
 }
 
@@ -161,6 +170,9 @@ pub fn run(cli: Cli) -> ExitCode {
                     json,
                 },
         } => cost_estimate(&plan, pricing_dir.as_deref(), json),
+        Command::SandboxExec { spec, argv } => {
+            return crate::runner::sandbox::helper_main(&spec, &argv)
+        }
     };
     match result {
         Ok(code) => code,
@@ -338,6 +350,20 @@ fn config_check(path: &Path) -> ExitCode {
                 c.providers.len(),
                 c.workspaces.len()
             );
+            let sandbox = match runtime() {
+                Ok(rt) => rt.block_on(crate::app::sandbox_for(&c, &process_env)),
+                Err(e) => Err(e),
+            };
+            match sandbox {
+                Ok(Some(s)) => println!("sandbox: on ({})", s.layers()),
+                Ok(None) => println!(
+                    "sandbox: off (runner.sandbox: off): terraform runs are NOT isolated"
+                ),
+                Err(e) => {
+                    println!("sandbox: unavailable: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -409,17 +435,22 @@ async fn plan(config: Config, workspace: &str, git_ref: Option<&str>) -> anyhow:
         .await?;
     let sha = mirror.resolve(&target)?.to_string();
     let scratch = tempfile_dir(&config.data_dir)?;
-    let checkout = scratch.join("checkout");
+    let dirs = RunDirs::new(&scratch);
+    let checkout = dirs.checkout();
     {
         let (mirror, sha, checkout) = (mirror.clone(), sha.clone(), checkout.clone());
         tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
     }
-    let runner = LocalRunner::from_config(&config, &process_env)?;
-    let request = PlanRequest {
-        workdir: checkout.join(ws.dir.as_str()),
-        artifacts: scratch.join("artifacts"),
-        timeout: ws.timeout.unwrap_or(config.terraform.timeout),
-    };
+    let sandbox = crate::app::sandbox_for(&config, &process_env).await?;
+    let runner = LocalRunner::new(&config, &process_env, sandbox)?;
+    let request = crate::runs::execute::job_request(
+        &config,
+        &ws,
+        dirs,
+        scratch.join("artifacts"),
+        crate::config::Phase::Plan,
+        &process_env,
+    );
     eprintln!("planning {} at {} ({})", ws.name, &sha[..12], target);
     let result = runner
         .plan(&request, &tokio_util::sync::CancellationToken::new())
@@ -454,7 +485,8 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         .fetch_branch(&*provider, &ws.repo, &ws.branch)
         .await?;
     let scratch = tempfile_dir(&config.data_dir)?;
-    let checkout = scratch.join("checkout");
+    let dirs = RunDirs::new(&scratch);
+    let checkout = dirs.checkout();
     {
         let (mirror, sha, checkout) = (mirror.clone(), sha.clone(), checkout.clone());
         tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
@@ -466,12 +498,17 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         store.migrate().await?;
         crate::state::restore(&store, &ws.name, &workdir).await?;
     }
-    let runner = LocalRunner::from_config(&config, &process_env)?;
-    let request = PlanRequest {
-        workdir,
-        artifacts: scratch.join("artifacts"),
-        timeout: ws.timeout.unwrap_or(config.terraform.timeout),
-    };
+    let sandbox = crate::app::sandbox_for(&config, &process_env).await?;
+    let runner = LocalRunner::new(&config, &process_env, sandbox)?;
+    let request = crate::runs::execute::job_request(
+        &config,
+        &ws,
+        dirs,
+        scratch.join("artifacts"),
+        crate::config::Phase::Drift,
+        &process_env,
+    );
+    debug_assert_eq!(request.workdir, workdir);
     eprintln!(
         "checking {} for drift at {} ({:?} mode)",
         ws.name,

@@ -413,6 +413,7 @@ mod tests {
             apply_requested: false,
             planned_at: None,
             state_version_at_plan: None,
+            plan_sha256: None,
             requested_by: None,
             cost: None,
             policy: None,

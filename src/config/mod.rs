@@ -316,6 +316,21 @@ pub struct TerraformConfig {
     pub env: BTreeMap<String, String>,
 }
 
+/// Whether terraform runs in the sandbox (`runner.sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Every terraform process is sandboxed; `serve` refuses to start when the
+    /// kernel cannot do it.
+    On,
+    /// Runs are not isolated; said at start and in every PR comment.
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub sandbox: SandboxMode,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this configuration came from, as given.
@@ -330,6 +345,10 @@ pub struct Config {
     /// Identifies this process's claims in the run queue. Defaults to the host name.
     pub node_id: String,
     pub terraform: TerraformConfig,
+    pub runner: RunnerConfig,
+    /// Files gantry's configuration names that hold secrets (GitHub App keys),
+    /// which a sandboxed run must never read.
+    pub key_files: Vec<PathBuf>,
     /// Plan pull requests from forks (their code runs with gantry's credentials).
     pub allow_fork_prs: bool,
     /// The most a scheduled drift check is spread after its tick.
@@ -391,6 +410,19 @@ impl Config {
                 ProviderAuth::Token(t) => out.push(t.clone()),
                 ProviderAuth::App { private_key, .. } => out.push(private_key.clone()),
             }
+        }
+        out
+    }
+
+    /// Paths a sandboxed run must never be able to read: this file, the data
+    /// dir (database, other runs, mirrors), the SQLite file and key files.
+    pub fn protected_paths(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.source.clone(), self.data_dir.clone()];
+        out.extend(self.key_files.iter().cloned());
+        use secrecy::ExposeSecret;
+        if let Some(file) = self.database_url.expose_secret().strip_prefix("sqlite://") {
+            let file = file.split('?').next().unwrap_or(file);
+            out.push(PathBuf::from(file));
         }
         out
     }
@@ -532,6 +564,22 @@ impl<'a> Validator<'a> {
         let node_id = raw.node_id.clone().unwrap_or_else(default_node_id);
 
         let terraform = self.terraform(&raw);
+        let sandbox = match raw.runner.sandbox.as_deref() {
+            None | Some("on") => SandboxMode::On,
+            Some("off") => SandboxMode::Off,
+            Some(other) => {
+                self.err(
+                    "runner.sandbox",
+                    format!("`{other}` is not `on` or `off`"),
+                );
+                SandboxMode::On
+            }
+        };
+        let key_files = raw
+            .providers
+            .iter()
+            .filter_map(|p| p.private_key_file.as_ref().map(PathBuf::from))
+            .collect();
         let drift_jitter = match raw.drift_jitter.as_deref() {
             None => None,
             Some("0") | Some("0s") => Some(Duration::ZERO),
@@ -565,6 +613,8 @@ impl<'a> Validator<'a> {
             public_url,
             node_id,
             terraform: terraform.expect("validated"),
+            runner: RunnerConfig { sandbox },
+            key_files,
             pricing: pricing.expect("validated"),
             allow_fork_prs: raw.allow_fork_prs,
             drift_jitter: drift_jitter.unwrap_or(crate::drift::MAX_JITTER),
@@ -1087,3 +1137,11 @@ fn default_node_id() -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The phases of a run a variable can be given to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Plan,
+    Apply,
+    Drift,
+}

@@ -25,6 +25,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub terraform: RawTerraform,
     #[serde(default)]
+    pub runner: RawRunner,
+    #[serde(default)]
     pub pricing_dir: Option<String>,
     #[serde(default)]
     pub allow_fork_prs: bool,
@@ -64,6 +66,14 @@ pub struct RawPolicyGroup {
     #[serde(default = "default_dir")]
     pub path: String,
     pub environments: Vec<String>,
+}
+
+/// How terraform processes run.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRunner {
+    /// `on` (default) or `off`.
+    #[serde(default)]
+    pub sandbox: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

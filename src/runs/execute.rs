@@ -18,7 +18,8 @@ use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
 use crate::report::{self, Section, COMMENT_MARKER};
-use crate::runner::{LocalRunner, PlanRequest, Runner, RunnerError};
+use crate::config::Phase;
+use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
 use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, Audit};
 use crate::vcs::{CommitStatus, VcsError};
@@ -157,6 +158,27 @@ fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
         .join(format!("run-{run_id}"))
 }
 
+/// The terraform job of one run phase: its directories, the workspace's own
+/// plugin cache, its timeout, and only that workspace's variables for `phase`.
+pub fn job_request(
+    config: &crate::config::Config,
+    workspace: &Workspace,
+    dirs: RunDirs,
+    artifacts: PathBuf,
+    phase: Phase,
+    daemon_env: &dyn Fn(&str) -> Option<String>,
+) -> PlanRequest {
+    PlanRequest {
+        workdir: dirs.checkout().join(workspace.dir.as_str()),
+        dirs,
+        artifacts,
+        plugin_cache: config.data_dir.join("plugin-cache").join(&workspace.name),
+        timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
+        variables: crate::runner::variables_for(config, &workspace.name, phase, daemon_env),
+        plan_sha256: None,
+    }
+}
+
 pub fn artifacts_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
     ctx.config().data_dir.join("runs").join(run_id.to_string())
 }
@@ -221,27 +243,34 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
             }
         };
     }
-    let work = work_dir(ctx, run.id);
-    let _ = tokio::fs::remove_dir_all(&work).await;
+    let dirs = RunDirs::new(work_dir(ctx, run.id));
+    let _ = tokio::fs::remove_dir_all(&dirs.root).await;
     {
-        let (mirror, sha, work) = (mirror.clone(), run.head_sha.clone(), work.clone());
-        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &work))
+        let (mirror, sha, checkout) = (mirror.clone(), run.head_sha.clone(), dirs.checkout());
+        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout))
             .await
             .map_err(|e| Failure(format!("checkout task failed: {e}")))??;
     }
-    let workdir = work.join(workspace.dir.as_str());
-    let gantry_state = !crate::state::has_own_backend(&workdir);
-    if gantry_state {
-        crate::state::restore(&ctx.store, &workspace.name, &workdir).await?;
-    }
-    let env = ctx.env.clone();
-    let runner = LocalRunner::from_config(&config, &*env)
-        .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
-    let request = PlanRequest {
-        workdir,
-        artifacts: artifacts_dir(ctx, run.id),
-        timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
+    let phase = if run.kind == RunKind::Drift {
+        Phase::Drift
+    } else {
+        Phase::Plan
     };
+    let env = ctx.env.clone();
+    let request = job_request(
+        &config,
+        &workspace,
+        dirs,
+        artifacts_dir(ctx, run.id),
+        phase,
+        &*env,
+    );
+    let gantry_state = !crate::state::has_own_backend(&request.workdir);
+    if gantry_state {
+        crate::state::restore(&ctx.store, &workspace.name, &request.workdir).await?;
+    }
+    let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone())
+        .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
     Ok(Prepared {
         workspace,
         runner,
@@ -298,7 +327,12 @@ async fn plan_run(
         ctx.store.set_policy_results(run.id, &checks).await?;
     }
     ctx.store
-        .record_plan(run.id, out.summary, Some(state_version))
+        .record_plan(
+            run.id,
+            out.summary,
+            Some(state_version),
+            Some(&out.plan_sha256),
+        )
         .await?;
 
     if run.kind == RunKind::Plan {
@@ -438,7 +472,7 @@ async fn drift_run(
         }
     }
     let summary = crate::runs::PlanSummary::from_plan_json(&out.plan);
-    ctx.store.record_plan(run.id, summary, None).await?;
+    ctx.store.record_plan(run.id, summary, None, None).await?;
     let reason = if report.drifted {
         match report.resources.len() {
             1 => "drift found in 1 resource".to_string(),
@@ -721,7 +755,18 @@ async fn apply_phase(
         return Err(Failure("run changed state before applying".into()));
     }
     reporter.changed();
-    let result = prepared.runner.apply(&prepared.request, init, cancel).await;
+    let mut request = prepared.request.clone();
+    request.variables = crate::runner::variables_for(
+        &ctx.config(),
+        &prepared.workspace.name,
+        Phase::Apply,
+        &*ctx.env,
+    );
+    request.plan_sha256 = fresh.plan_sha256.clone();
+    let result = prepared.runner.apply(&request, init, cancel).await;
+    if let Err(RunnerError::PlanTampered { expected, actual }) = &result {
+        return Err(refuse_tampered_plan(ctx, run, expected, actual).await);
+    }
     // Whatever happened, keep what terraform wrote to the state.
     let saved = if prepared.gantry_state {
         crate::state::save(
@@ -751,6 +796,38 @@ async fn apply_phase(
         .transition(run.id, &[RunState::Applying], RunState::Applied, None)
         .await?;
     Ok(())
+}
+
+/// The saved plan is not the plan that was reviewed: nothing is applied, the
+/// workspace is locked with the reason, and the audit log says so.
+async fn refuse_tampered_plan(ctx: &Ctx, run: &Run, expected: &str, actual: &str) -> Failure {
+    let reason = format!(
+        "plan file of run {} changed after it was reviewed (sha256 {actual}, expected {expected}); apply refused",
+        run.id
+    );
+    tracing::error!(run.id = run.id, workspace.name = %run.workspace, "{reason}");
+    if let Err(e) = ctx
+        .store
+        .lock_workspace(&run.workspace, &reason, "gantry", Some(run.id))
+        .await
+    {
+        tracing::error!(run.id = run.id, error = %e, "locking {} failed", run.workspace);
+    }
+    if let Err(e) = ctx
+        .store
+        .audit(Audit {
+            actor: "gantry",
+            action: "apply refused: plan integrity",
+            workspace: Some(&run.workspace),
+            run_id: Some(run.id),
+            commit_sha: Some(&run.head_sha),
+            detail: Some(&reason),
+        })
+        .await
+    {
+        tracing::error!(run.id = run.id, error = %e, "auditing run {} failed", run.id);
+    }
+    Failure(format!("apply refused: {reason}"))
 }
 
 /// Posts a run's status and refreshes its comments whenever its state

@@ -251,6 +251,8 @@ pub struct Run {
     pub planned_at: Option<i64>,
     /// The workspace's state version when the plan was made (gantry-kept state).
     pub state_version_at_plan: Option<i64>,
+    /// sha256 of the saved plan file, recorded when the plan was made.
+    pub plan_sha256: Option<String>,
     /// Who confirmed or requested the apply.
     pub requested_by: Option<String>,
     /// The monthly cost of the plan.

@@ -30,7 +30,7 @@ pub struct NewRun {
 const RUN_COLUMNS: &str = "id, workspace, event_id, kind, source, state, state_reason, provider_id, repo, branch,
     pr_number, head_sha, git_ref, attempt, retry_of, enqueued_at, started_at, finished_at, updated_at,
     plan_add, plan_change, plan_destroy, apply_requested, planned_at, state_version_at_plan, requested_by, cost_estimate,
-    policy_results, policy_override, head_repo";
+    policy_results, policy_override, head_repo, plan_sha256";
 
 const ACTIVE: &str = "('fetching', 'planning', 'applying')";
 
@@ -76,6 +76,7 @@ fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
         apply_requested: row.try_get::<i64, _>("apply_requested")? != 0,
         planned_at: row.try_get("planned_at")?,
         state_version_at_plan: row.try_get("state_version_at_plan")?,
+        plan_sha256: row.try_get("plan_sha256")?,
         requested_by: row.try_get("requested_by")?,
         policy: match row.try_get::<Option<String>, _>("policy_results")? {
             Some(json) => Some(
@@ -265,10 +266,11 @@ impl Store {
         id: i64,
         summary: PlanSummary,
         state_version: Option<i64>,
+        plan_sha256: Option<&str>,
     ) -> StoreResult<()> {
         sqlx::query(
             "UPDATE runs SET plan_add = $2, plan_change = $3, plan_destroy = $4, planned_at = $5,
-                             state_version_at_plan = $6, updated_at = $5
+                             state_version_at_plan = $6, plan_sha256 = $7, updated_at = $5
              WHERE id = $1",
         )
         .bind(id)
@@ -277,6 +279,7 @@ impl Store {
         .bind(summary.destroy)
         .bind(now_ms())
         .bind(state_version)
+        .bind(plan_sha256)
         .execute(&self.pool)
         .await?;
         Ok(())

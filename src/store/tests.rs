@@ -108,6 +108,7 @@ async fn one_active_run_per_workspace_in_arrival_order() {
                 destroy: 0,
             },
             Some(0),
+            Some("0123abcd"),
         )
         .await
         .unwrap();

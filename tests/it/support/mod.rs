@@ -98,6 +98,13 @@ pub struct TestEnv {
 impl TestEnv {
     pub async fn new(db: &Db) -> TestEnv {
         let dir = tempfile::tempdir().unwrap();
+        // Sandboxed terraform runs as `nobody` when the tests run as root: it
+        // must be able to reach the run directories under the data dir.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         let origin = Origin::new(&dir.path().join("origin"), "acme/infra");
         let github = FakeGitHub::start().await;
         let db_url = match db {
@@ -203,6 +210,8 @@ pub fn test_env_lookup(name: &str) -> Option<String> {
         "GITHUB_WEBHOOK_SECRET" | "VCS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
         "VCS_TOKEN" => Some("vcs-token-for-tests".into()),
         "PATH" | "HOME" => std::env::var(name).ok(),
+        // The sandbox helper is the gantry binary, not this test binary.
+        gantry::runner::sandbox::HELPER_ENV => Some(env!("CARGO_BIN_EXE_gantry").into()),
         _ => None,
     }
 }
