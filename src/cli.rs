@@ -338,6 +338,13 @@ fn config_check(path: &Path) -> ExitCode {
                 c.providers.len(),
                 c.workspaces.len()
             );
+            let summary = c.variables.summary();
+            if !summary.is_empty() {
+                println!("variables (names, phases and sources; values are never shown):");
+                for line in summary {
+                    println!("{line}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
