@@ -350,6 +350,13 @@ fn config_check(path: &Path) -> ExitCode {
                 c.providers.len(),
                 c.workspaces.len()
             );
+            let summary = c.variables.summary();
+            if !summary.is_empty() {
+                println!("variables (names, phases and sources; values are never shown):");
+                for line in summary {
+                    println!("{line}");
+                }
+            }
             let sandbox = match runtime() {
                 Ok(rt) => rt.block_on(crate::app::sandbox_for(&c, &process_env)),
                 Err(e) => Err(e),
@@ -449,7 +456,6 @@ async fn plan(config: Config, workspace: &str, git_ref: Option<&str>) -> anyhow:
         dirs,
         scratch.join("artifacts"),
         crate::config::Phase::Plan,
-        &process_env,
     );
     eprintln!("planning {} at {} ({})", ws.name, &sha[..12], target);
     let result = runner
@@ -506,7 +512,6 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         dirs,
         scratch.join("artifacts"),
         crate::config::Phase::Drift,
-        &process_env,
     );
     debug_assert_eq!(request.workdir, workdir);
     eprintln!(

@@ -8,6 +8,7 @@
 
 mod raw;
 pub mod reload;
+mod variables;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -20,6 +21,9 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use secrecy::SecretString;
 
 pub use raw::{parse_yaml, RawConfig};
+pub use variables::{
+    Phase, PhaseSet, ResolvedVariable, Scope, Variable, VariableSource, VariableValue, Variables,
+};
 
 /// Reads an environment variable. Config loading takes this instead of touching
 /// the process environment so tests can supply their own.
@@ -311,8 +315,11 @@ pub struct TerraformConfig {
     /// any) is passed on.
     pub cli_config_file: Option<PathBuf>,
     /// Names of daemon environment variables passed through to terraform.
+    /// Also folded into [`Config::variables`] as account-scope variables (all
+    /// phases); new code reads those, through [`Config::variables_for`].
     pub pass_env: Vec<String>,
-    /// Fixed variables set for every run.
+    /// Fixed variables set for every run. Also folded into
+    /// [`Config::variables`] as account-scope variables (all phases).
     pub env: BTreeMap<String, String>,
 }
 
@@ -358,6 +365,9 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub workspaces: Vec<Workspace>,
     pub policy_groups: Vec<PolicyGroupConfig>,
+    /// Variables for terraform runs at account, environment and workspace
+    /// scope, values resolved; a run gets [`Config::variables_for`].
+    pub variables: Variables,
 }
 
 /// A repository folder of OPA policies governing some environments.
@@ -401,9 +411,21 @@ impl Config {
         self.workspaces.iter().find(|w| w.name == name)
     }
 
-    /// Every secret value this configuration holds, for redaction.
+    /// The variables a run of `workspace` gets for `phase`, sorted by name:
+    /// the account's, the workspace's environment's and the workspace's own,
+    /// the nearest scope defining a name supplying it (all its definitions,
+    /// phases included), then only those listed for `phase`. An unknown
+    /// workspace gets the account's only.
+    pub fn variables_for(&self, workspace: &str, phase: Phase) -> Vec<ResolvedVariable> {
+        let environment = self.workspace(workspace).map(|w| w.environment.as_str());
+        self.variables.resolve(workspace, environment, phase)
+    }
+
+    /// Every secret value this configuration holds, for redaction: gantry's
+    /// own and every sensitive variable's, at every scope.
     pub fn secret_values(&self) -> Vec<SecretString> {
         let mut out = vec![self.api_token.clone()];
+        out.extend(self.variables.sensitive_values());
         for p in &self.providers {
             out.push(p.webhook_secret.clone());
             match &p.auth {
@@ -599,6 +621,7 @@ impl<'a> Validator<'a> {
         self.environments(&raw);
         let workspaces = self.workspaces(&raw);
         let policy_groups = self.policy_groups(&raw);
+        let variables = self.variables(&raw);
 
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
@@ -621,6 +644,7 @@ impl<'a> Validator<'a> {
             providers,
             workspaces,
             policy_groups,
+            variables,
         })
     }
 
@@ -630,31 +654,7 @@ impl<'a> Validator<'a> {
             self.err("terraform.bin", "must name a terraform or tofu binary");
         }
         let timeout = self.duration("terraform.timeout", &t.timeout);
-        let secret_vars = Config::daemon_secret_vars(raw);
-        for (i, name) in t.pass_env.iter().enumerate() {
-            let key = format!("terraform.pass_env[{i}]");
-            if !valid_env_name(name) {
-                self.err(
-                    key,
-                    format!("`{name}` is not a valid environment variable name"),
-                );
-            } else if secret_vars.contains(name) {
-                self.err(
-                    key,
-                    format!(
-                        "{name} holds one of gantry's own secrets and is never passed to terraform"
-                    ),
-                );
-            }
-        }
-        for name in t.env.keys() {
-            if !valid_env_name(name) {
-                self.err(
-                    format!("terraform.env.{name}"),
-                    "not a valid environment variable name",
-                );
-            }
-        }
+        // pass_env and env are checked with the other variables.
         Some(TerraformConfig {
             bin: t.bin.clone(),
             timeout: timeout?,
@@ -1137,11 +1137,3 @@ fn default_node_id() -> String {
 
 #[cfg(test)]
 mod tests;
-
-/// The phases of a run a variable can be given to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Phase {
-    Plan,
-    Apply,
-    Drift,
-}

@@ -40,6 +40,29 @@ pub struct RawConfig {
     pub policy_groups: Vec<RawPolicyGroup>,
     #[serde(default)]
     pub environments: Vec<RawEnvironment>,
+    /// Account-scope variables: every workspace inherits them.
+    #[serde(default)]
+    pub variables: Vec<RawVariable>,
+}
+
+/// One variable for terraform runs, at whichever scope it is written.
+#[derive(Debug, Deserialize)]
+pub struct RawVariable {
+    pub name: String,
+    /// `name` is a terraform input variable, set as `TF_VAR_<name>`.
+    #[serde(default)]
+    pub terraform_var: bool,
+    #[serde(default)]
+    pub from_env: Option<String>,
+    #[serde(default)]
+    pub from_file: Option<String>,
+    /// A literal: a string, number or boolean.
+    #[serde(default)]
+    pub value: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub sensitive: Option<bool>,
+    #[serde(default)]
+    pub phases: Option<Vec<String>>,
 }
 
 /// Settings every workspace of an environment inherits (a workspace's own win).
@@ -54,6 +77,8 @@ pub struct RawEnvironment {
     pub drift_notify: Option<String>,
     #[serde(default)]
     pub drift_webhook_url: Option<String>,
+    #[serde(default)]
+    pub variables: Vec<RawVariable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +176,8 @@ pub struct RawWorkspace {
     pub drift_notify: Option<String>,
     #[serde(default)]
     pub drift_webhook_url: Option<String>,
+    #[serde(default)]
+    pub variables: Vec<RawVariable>,
 }
 
 fn default_listen() -> String {

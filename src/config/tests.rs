@@ -377,3 +377,436 @@ workspaces:
          gantry.yaml: workspaces[0].repo: `acme/platform/infra` is not an Azure DevOps repository like project/repository"
     );
 }
+
+/// GOOD plus a staging workspace, environments and variables at every scope.
+fn with_variables(account: &str, environments: &str, network: &str, dns: &str) -> String {
+    let text = GOOD.replace(
+        "    trigger_patterns: [\"modules/**\"]\n",
+        &format!("    trigger_patterns: [\"modules/**\"]\n{network}"),
+    );
+    format!(
+        "{text}  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n{dns}  - name: sandbox\n    environment: staging\n    provider: github\n    repo: acme/infra\n    dir: sandbox\nvariables:\n{account}environments:\n{environments}"
+    )
+}
+
+fn vars_env() -> HashMap<&'static str, &'static str> {
+    let mut env = env();
+    env.extend([
+        ("PROD_RO_KEY_ID", "AKIAPRODREADONLY"),
+        ("PROD_RO_SECRET", "prod-read-only-secret"),
+        ("PROD_RW_KEY_ID", "AKIAPRODWRITE"),
+        ("PROD_RW_SECRET", "prod-write-secret"),
+        ("STAGING_KEY_ID", "AKIASTAGING"),
+        ("STAGING_SECRET", "staging-secret-123"),
+        ("DNS_TOKEN", "dns-api-token-456"),
+        ("AWS_REGION", "eu-west-1"),
+        ("EMPTY", ""),
+    ]);
+    env
+}
+
+fn load_vars(text: &str) -> Result<Config, ConfigErrors> {
+    let env = vars_env();
+    Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
+        env.get(k).map(|v| v.to_string())
+    })
+}
+
+fn var_messages(text: &str) -> Vec<String> {
+    load_vars(text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+}
+
+/// `name=value (scope)` for each variable of a run, sorted by name.
+fn resolved(c: &Config, workspace: &str, phase: Phase) -> Vec<String> {
+    c.variables_for(workspace, phase)
+        .iter()
+        .map(|v| format!("{}={} ({})", v.name, v.value.expose(), v.scope))
+        .collect()
+}
+
+const SCOPED: (&str, &str, &str, &str) = (
+    // account
+    "  - name: region\n    terraform_var: true\n    value: eu-west-1\n  - name: AWS_ACCESS_KEY_ID\n    value: account-default-key\n  - name: TF_VAR_team\n    value: platform\n",
+    // environments
+    "  - name: production\n    variables:\n      - name: AWS_ACCESS_KEY_ID\n        from_env: PROD_RO_KEY_ID\n        phases: [plan, drift]\n      - name: AWS_SECRET_ACCESS_KEY\n        from_env: PROD_RO_SECRET\n        phases: [plan, drift]\n      - name: AWS_ACCESS_KEY_ID\n        from_env: PROD_RW_KEY_ID\n        phases: [apply]\n      - name: AWS_SECRET_ACCESS_KEY\n        from_env: PROD_RW_SECRET\n        phases: [apply]\n  - name: staging\n    variables:\n      - name: AWS_ACCESS_KEY_ID\n        from_env: STAGING_KEY_ID\n      - name: AWS_SECRET_ACCESS_KEY\n        from_env: STAGING_SECRET\n",
+    // workspace network
+    "    variables:\n      - name: region\n        terraform_var: true\n        value: us-east-1\n",
+    // workspace dns
+    "    variables:\n      - name: DNS_TOKEN\n        from_env: DNS_TOKEN\n        phases: [apply]\n      - name: AWS_SECRET_ACCESS_KEY\n        from_env: PROD_RW_SECRET\n        phases: [apply]\n",
+);
+
+fn scoped() -> Config {
+    let (a, e, n, d) = SCOPED;
+    load_vars(&with_variables(a, e, n, d)).unwrap()
+}
+
+#[test]
+fn variables_are_inherited_downwards_and_the_nearer_scope_wins() {
+    let c = scoped();
+    assert_eq!(
+        resolved(&c, "network", Phase::Plan),
+        [
+            "AWS_ACCESS_KEY_ID=AKIAPRODREADONLY (environment production)",
+            "AWS_SECRET_ACCESS_KEY=prod-read-only-secret (environment production)",
+            "TF_VAR_region=us-east-1 (workspace network)",
+            "TF_VAR_team=platform (account)",
+        ]
+    );
+    assert_eq!(
+        resolved(&c, "network", Phase::Apply),
+        [
+            "AWS_ACCESS_KEY_ID=AKIAPRODWRITE (environment production)",
+            "AWS_SECRET_ACCESS_KEY=prod-write-secret (environment production)",
+            "TF_VAR_region=us-east-1 (workspace network)",
+            "TF_VAR_team=platform (account)",
+        ]
+    );
+    // An environment without variables of a name inherits the account's.
+    assert_eq!(
+        resolved(&c, "sandbox", Phase::Drift),
+        [
+            "AWS_ACCESS_KEY_ID=AKIASTAGING (environment staging)",
+            "AWS_SECRET_ACCESS_KEY=staging-secret-123 (environment staging)",
+            "TF_VAR_region=eu-west-1 (account)",
+            "TF_VAR_team=platform (account)",
+        ]
+    );
+    // An unknown workspace gets the account's only.
+    assert_eq!(
+        resolved(&c, "gone", Phase::Plan),
+        [
+            "AWS_ACCESS_KEY_ID=account-default-key (account)",
+            "TF_VAR_region=eu-west-1 (account)",
+            "TF_VAR_team=platform (account)",
+        ]
+    );
+}
+
+#[test]
+fn a_nearer_definition_replaces_a_name_whole_phases_included() {
+    let c = scoped();
+    // dns redefines AWS_SECRET_ACCESS_KEY for apply only: its plans and drift
+    // checks get no secret key at all, not the environment's read-only one.
+    let plan = resolved(&c, "dns", Phase::Plan);
+    assert_eq!(
+        plan,
+        [
+            "AWS_ACCESS_KEY_ID=AKIAPRODREADONLY (environment production)",
+            "TF_VAR_region=eu-west-1 (account)",
+            "TF_VAR_team=platform (account)",
+        ]
+    );
+    assert_eq!(resolved(&c, "dns", Phase::Drift), plan);
+    assert_eq!(
+        resolved(&c, "dns", Phase::Apply),
+        [
+            "AWS_ACCESS_KEY_ID=AKIAPRODWRITE (environment production)",
+            "AWS_SECRET_ACCESS_KEY=prod-write-secret (workspace dns)",
+            "DNS_TOKEN=dns-api-token-456 (workspace dns)",
+            "TF_VAR_region=eu-west-1 (account)",
+            "TF_VAR_team=platform (account)",
+        ]
+    );
+}
+
+#[test]
+fn plans_never_get_apply_only_variables() {
+    let c = scoped();
+    for ws in ["network", "dns", "sandbox", "unknown"] {
+        for phase in [Phase::Plan, Phase::Drift] {
+            let got = c.variables_for(ws, phase);
+            for v in &got {
+                assert!(
+                    !["AKIAPRODWRITE", "prod-write-secret", "dns-api-token-456"]
+                        .contains(&v.value.expose()),
+                    "{ws} {phase} got the apply-only {}",
+                    v.name
+                );
+            }
+        }
+    }
+    assert!(c
+        .variables_for("dns", Phase::Apply)
+        .iter()
+        .any(|v| v.name == "DNS_TOKEN"));
+}
+
+#[test]
+fn a_workspace_never_gets_another_workspaces_or_environments_variables() {
+    let c = scoped();
+    for phase in Phase::ALL {
+        let network = c.variables_for("network", phase);
+        assert!(!network.iter().any(|v| v.name == "DNS_TOKEN"), "{phase}");
+        assert!(
+            !network
+                .iter()
+                .any(|v| v.value.expose().contains("STAGING")
+                    || v.value.expose().contains("staging")),
+            "{phase}"
+        );
+        let sandbox = c.variables_for("sandbox", phase);
+        assert!(
+            !sandbox
+                .iter()
+                .any(|v| v.value.expose().to_lowercase().contains("prod")
+                    || v.value.expose() == "us-east-1"
+                    || v.name == "DNS_TOKEN"),
+            "{phase}: {sandbox:?}"
+        );
+    }
+}
+
+#[test]
+fn sensitivity_defaults_by_source_and_every_sensitive_value_is_redacted() {
+    let c = scoped();
+    let plan = c.variables_for("network", Phase::Plan);
+    let by_name = |n: &str| plan.iter().find(|v| v.name == n).unwrap();
+    assert!(by_name("AWS_SECRET_ACCESS_KEY").is_sensitive(), "from_env");
+    assert!(!by_name("TF_VAR_region").is_sensitive(), "literal");
+    assert_eq!(
+        format!("{:?}", by_name("AWS_SECRET_ACCESS_KEY").value),
+        "Sensitive([redacted])"
+    );
+    assert!(!format!("{c:?}").contains("prod-write-secret"));
+
+    let redactor = crate::redact::Redactor::new(&c.secret_values());
+    assert_eq!(
+        redactor.redact(
+            "prod-write-secret dns-api-token-456 staging-secret-123 AKIAPRODREADONLY us-east-1"
+        ),
+        "*** *** *** *** us-east-1"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "file-secret-789\n").unwrap();
+    let text = with_variables(
+        &format!(
+            "  - name: FROM_FILE\n    from_file: \"{}\"\n  - name: REGION_NAME\n    from_env: AWS_REGION\n    sensitive: false\n  - name: LITERAL_SECRET\n    value: literal-secret-000\n    sensitive: true\n  - name: COUNT\n    value: 3\n  - name: ENABLED\n    value: true\n",
+            file.display()
+        ),
+        "  - name: production\n",
+        "",
+        "",
+    );
+    let c = load_vars(&text).unwrap();
+    let vars = c.variables_for("network", Phase::Apply);
+    let shown: Vec<String> = vars
+        .iter()
+        .map(|v| format!("{}={} {}", v.name, v.value.expose(), v.is_sensitive()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "COUNT=3 false",
+            "ENABLED=true false",
+            "FROM_FILE=file-secret-789 true",
+            "LITERAL_SECRET=literal-secret-000 true",
+            "REGION_NAME=eu-west-1 false",
+        ]
+    );
+}
+
+#[test]
+fn pass_env_and_terraform_env_are_account_scope_variables() {
+    let text = GOOD.replace(
+        "  bin: terraform",
+        "  bin: terraform\n  pass_env: [AWS_REGION, PROD_RO_SECRET, NOT_EXPORTED]\n  env:\n    TF_VAR_team: platform\n    VAULT_TOKEN: vault-token-1234",
+    ) + "    variables:\n      - name: AWS_REGION\n        value: us-east-2\n        phases: [apply]\n";
+    let c = load_vars(&text).unwrap();
+    let account: Vec<String> = c
+        .variables
+        .account
+        .iter()
+        .map(|v| {
+            format!(
+                "{} {:?} {} {}",
+                v.name,
+                v.phases,
+                v.value.is_sensitive(),
+                v.key
+            )
+        })
+        .collect();
+    assert_eq!(
+        account,
+        [
+            "AWS_REGION [plan, apply, drift] false terraform.pass_env[0]",
+            "PROD_RO_SECRET [plan, apply, drift] true terraform.pass_env[1]",
+            "TF_VAR_team [plan, apply, drift] false terraform.env.TF_VAR_team",
+            "VAULT_TOKEN [plan, apply, drift] true terraform.env.VAULT_TOKEN",
+        ]
+    );
+    // As before, a pass_env name the daemon does not have is skipped.
+    assert_eq!(c.variables.unset_pass_env, ["NOT_EXPORTED"]);
+    // The workspace's own AWS_REGION (apply only) replaces the account's.
+    assert_eq!(
+        resolved(&c, "network", Phase::Plan),
+        [
+            "PROD_RO_SECRET=prod-read-only-secret (account)",
+            "TF_VAR_team=platform (account)",
+            "VAULT_TOKEN=vault-token-1234 (account)",
+        ]
+    );
+    assert_eq!(
+        resolved(&c, "network", Phase::Apply)[0],
+        "AWS_REGION=us-east-2 (workspace network)"
+    );
+    let summary = c.variables.summary().join("\n");
+    assert_eq!(
+        summary,
+        "  account\n    AWS_REGION [plan, apply, drift] (terraform.pass_env)\n    PROD_RO_SECRET [plan, apply, drift] sensitive (terraform.pass_env)\n    TF_VAR_team [plan, apply, drift] (terraform.env)\n    VAULT_TOKEN [plan, apply, drift] sensitive (terraform.env)\n  workspace network\n    AWS_REGION [apply] (value)\n  terraform.pass_env NOT_EXPORTED: not set in this environment, not passed"
+    );
+    for value in [
+        "eu-west-1",
+        "prod-read-only-secret",
+        "platform",
+        "vault-token",
+        "us-east-2",
+    ] {
+        assert!(!summary.contains(value), "{value} in the summary");
+    }
+}
+
+#[test]
+fn variable_errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let account = format!(
+        "  - name: A\n    from_env: PROD_RO_SECRET\n    phases: [plan, aply]\n  - name: B\n    from_env: AWS_SECRET_ACCESS_KEY\n  - name: C\n    from_file: \"{}\"\n  - name: D\n    from_env: PROD_RO_SECRET\n    value: x\n  - name: E\n  - name: F\n    value: x\n    phases: []\n  - name: G\n    from_env: EMPTY\n  - name: H\n    from_file: \"{}\"\n  - name: I\n    value: [a, b]\n",
+        missing.display(),
+        empty.display()
+    );
+    let environments = "  - name: production\n    variables:\n      - name: AWS_ACCESS_KEY_ID\n        from_env: PROD_RO_KEY_ID\n        phases: [plan, drift]\n      - name: AWS_ACCESS_KEY_ID\n        from_env: PROD_RW_KEY_ID\n        phases: [apply, drift]\n      - name: PATH\n        value: /tmp\n      - name: TF_CLI_ARGS_apply\n        value: -target=x\n      - name: TF_CLI_CONFIG_FILE\n        value: /tmp/rc\n";
+    let network = "    variables:\n      - name: STOLEN\n        from_env: GITHUB_TOKEN\n      - name: 1BAD\n        value: x\n      - name: TF_VAR_region\n        terraform_var: true\n        value: x\n      - name: bad name\n        terraform_var: true\n        value: x\n";
+    let m = var_messages(&with_variables(&account, environments, network, ""));
+    assert_eq!(
+        m,
+        [
+            "gantry.yaml: variables[0].phases[1]: unknown phase `aply` (expected plan, apply or drift)".to_string(),
+            "gantry.yaml: variables[1].from_env: AWS_SECRET_ACCESS_KEY is not set".to_string(),
+            format!("gantry.yaml: variables[2].from_file: cannot read `{}`: No such file or directory (os error 2)", missing.display()),
+            "gantry.yaml: variables[3]: set exactly one of from_env, from_file and value (found from_env and value)".to_string(),
+            "gantry.yaml: variables[4]: set one of from_env, from_file or value".to_string(),
+            "gantry.yaml: variables[5].phases: name at least one phase (plan, apply, drift), or leave phases out for all".to_string(),
+            "gantry.yaml: variables[6].from_env: EMPTY is empty".to_string(),
+            format!("gantry.yaml: variables[7].from_file: `{}` is empty", empty.display()),
+            "gantry.yaml: variables[8].value: must be a string, number or boolean (write a list or map for a terraform variable as a string, e.g. '[\"a\", \"b\"]')".to_string(),
+            "gantry.yaml: environments[0].variables[2].name: PATH is set by gantry for every terraform run and cannot be replaced".to_string(),
+            "gantry.yaml: environments[0].variables[3].name: TF_CLI_ARGS_apply is set by gantry for every terraform run and cannot be replaced".to_string(),
+            "gantry.yaml: environments[0].variables[4].name: TF_CLI_CONFIG_FILE is set by gantry for every terraform run; use terraform.cli_config_file".to_string(),
+            "gantry.yaml: environments[0].variables[1].name: duplicate variable AWS_ACCESS_KEY_ID for drift (also at environments[0].variables[0]); one scope may define a name again only for other phases".to_string(),
+            "gantry.yaml: workspaces[0].variables[0].from_env: GITHUB_TOKEN holds one of gantry's own secrets and is never passed to terraform".to_string(),
+            "gantry.yaml: workspaces[0].variables[1].name: `1BAD` is not a valid environment variable name (letters, digits, `_`; not starting with a digit); for a terraform variable set terraform_var: true".to_string(),
+            "gantry.yaml: workspaces[0].variables[2].name: with terraform_var: true give the terraform variable's own name (`region`); gantry adds TF_VAR_".to_string(),
+            "gantry.yaml: workspaces[0].variables[3].name: `bad name` is not a valid terraform variable name (letters, digits, `_`, `-`; starting with a letter or `_`)".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn duplicates_and_reserved_names_are_checked_for_pass_env_and_env_too() {
+    let text = GOOD.replace(
+        "  bin: terraform",
+        "  bin: terraform\n  pass_env: [AWS_REGION, HOME]\n  env:\n    AWS_REGION: eu-west-1",
+    ) + "variables:\n  - name: TF_VAR_x\n    value: a\n  - name: x\n    terraform_var: true\n    value: b\n    phases: [plan]\n";
+    assert_eq!(
+        var_messages(&text),
+        [
+            "gantry.yaml: terraform.pass_env[1]: HOME is set by gantry for every terraform run and cannot be replaced",
+            "gantry.yaml: terraform.env.AWS_REGION: duplicate variable AWS_REGION for plan, apply, drift (also at terraform.pass_env[0]); one scope may define a name again only for other phases",
+            "gantry.yaml: variables[1].name: duplicate variable TF_VAR_x for plan (also at variables[0]); one scope may define a name again only for other phases",
+        ]
+    );
+}
+
+#[test]
+fn a_github_app_key_file_is_never_a_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("app.pem");
+    std::fs::write(&key, "not read: refused first").unwrap();
+    let text = GOOD.replace(
+        "    token_env: GITHUB_TOKEN\n",
+        &format!(
+            "    app_id: 1\n    private_key_file: \"{}\"\n",
+            key.display()
+        ),
+    ) + &format!(
+        "variables:\n  - name: KEY\n    from_file: \"{}/./app.pem\"\n",
+        dir.path().display()
+    );
+    let m = var_messages(&text);
+    assert!(
+        m.iter().any(|e| e
+            == &format!("gantry.yaml: variables[0].from_file: `{}/./app.pem` holds one of gantry's own secrets (a GitHub App key) and is never passed to terraform", dir.path().display())),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn the_readme_credentials_example_is_valid_and_splits_by_phase() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme.split("## Credentials").nth(1).unwrap();
+    let block = section.split("```yaml\n").nth(1).unwrap();
+    let block = block.split("```").next().unwrap();
+    // Its account and environment scopes; GOOD has the workspace.
+    let scopes = block.split("workspaces:\n").next().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("rw-secret");
+    std::fs::write(&secret, "prod-rw-secret-from-file\n").unwrap();
+    let scopes = scopes.replace(
+        "/run/secrets/prod-rw-aws-secret-access-key",
+        &secret.display().to_string(),
+    );
+    let env = HashMap::from([
+        ("GANTRY_API_TOKEN", "api-token-123"),
+        ("GITHUB_TOKEN", "ghp_token_123"),
+        ("GITHUB_WEBHOOK_SECRET", "webhook-secret"),
+        ("PROD_RO_AWS_ACCESS_KEY_ID", "AKIARO"),
+        ("PROD_RO_AWS_SECRET_ACCESS_KEY", "prod-ro-secret"),
+        ("PROD_RW_AWS_ACCESS_KEY_ID", "AKIARW"),
+        ("STAGING_AWS_ACCESS_KEY_ID", "AKIASTG"),
+        ("STAGING_AWS_SECRET_ACCESS_KEY", "staging-secret"),
+    ]);
+    let c = Config::from_yaml(Path::new("gantry.yaml"), &format!("{GOOD}{scopes}"), &|k| {
+        env.get(k).map(|v| v.to_string())
+    })
+    .unwrap();
+    assert_eq!(
+        resolved(&c, "network", Phase::Plan),
+        [
+            "AWS_ACCESS_KEY_ID=AKIARO (environment production)",
+            "AWS_REGION=eu-west-1 (account)",
+            "AWS_SECRET_ACCESS_KEY=prod-ro-secret (environment production)",
+        ]
+    );
+    assert_eq!(
+        resolved(&c, "network", Phase::Drift),
+        resolved(&c, "network", Phase::Plan)
+    );
+    assert_eq!(
+        resolved(&c, "network", Phase::Apply),
+        [
+            "AWS_ACCESS_KEY_ID=AKIARW (environment production)",
+            "AWS_REGION=eu-west-1 (account)",
+            "AWS_SECRET_ACCESS_KEY=prod-rw-secret-from-file (environment production)",
+        ]
+    );
+}
+
+#[test]
+fn a_misspelt_variable_key_is_an_unknown_key() {
+    let text = format!("{GOOD}variables:\n  - name: A\n    value: x\n    phase: [plan]\n");
+    assert_eq!(
+        messages(&text),
+        ["gantry.yaml: variables[0].phase: unknown key"]
+    );
+}

@@ -174,31 +174,19 @@ pub fn plan_file(artifacts: &Path) -> PathBuf {
     artifacts.join("plan.tfplan")
 }
 
-/// The variables a run of `workspace` gets for `phase`.
-pub fn variables_for(
-    config: &Config,
-    _workspace: &str,
-    _phase: crate::config::Phase,
-    daemon_env: &dyn Fn(&str) -> Option<String>,
-) -> Vec<EnvVar> {
-    let mut out = Vec::new();
-    for name in &config.terraform.pass_env {
-        if let Some(value) = daemon_env(name) {
-            out.push(EnvVar {
-                name: name.clone(),
-                sensitive: Redactor::looks_secret(name),
-                value,
-            });
-        }
-    }
-    for (name, value) in &config.terraform.env {
-        out.push(EnvVar {
-            name: name.clone(),
-            value: value.clone(),
-            sensitive: Redactor::looks_secret(name),
-        });
-    }
-    out
+/// The variables a run of `workspace` gets for `phase`: that workspace's
+/// resolved variables (account, then environment, then workspace; the nearer
+/// scope wins), and only those given to the phase.
+pub fn variables_for(config: &Config, workspace: &str, phase: crate::config::Phase) -> Vec<EnvVar> {
+    config
+        .variables_for(workspace, phase)
+        .into_iter()
+        .map(|v| EnvVar {
+            sensitive: v.is_sensitive(),
+            value: v.value.expose().to_string(),
+            name: v.name,
+        })
+        .collect()
 }
 
 /// sha256 of a file, hex.

@@ -166,7 +166,6 @@ pub fn job_request(
     dirs: RunDirs,
     artifacts: PathBuf,
     phase: Phase,
-    daemon_env: &dyn Fn(&str) -> Option<String>,
 ) -> PlanRequest {
     PlanRequest {
         workdir: dirs.checkout().join(workspace.dir.as_str()),
@@ -174,7 +173,7 @@ pub fn job_request(
         artifacts,
         plugin_cache: config.data_dir.join("plugin-cache").join(&workspace.name),
         timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
-        variables: crate::runner::variables_for(config, &workspace.name, phase, daemon_env),
+        variables: crate::runner::variables_for(config, &workspace.name, phase),
         plan_sha256: None,
     }
 }
@@ -263,7 +262,6 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
         dirs,
         artifacts_dir(ctx, run.id),
         phase,
-        &*env,
     );
     let gantry_state = !crate::state::has_own_backend(&request.workdir);
     if gantry_state {
@@ -756,12 +754,8 @@ async fn apply_phase(
     }
     reporter.changed();
     let mut request = prepared.request.clone();
-    request.variables = crate::runner::variables_for(
-        &ctx.config(),
-        &prepared.workspace.name,
-        Phase::Apply,
-        &*ctx.env,
-    );
+    request.variables =
+        crate::runner::variables_for(&ctx.config(), &prepared.workspace.name, Phase::Apply);
     request.plan_sha256 = fresh.plan_sha256.clone();
     let result = prepared.runner.apply(&request, init, cancel).await;
     if let Err(RunnerError::PlanTampered { expected, actual }) = &result {

@@ -85,6 +85,54 @@ async fn config_check_prints_every_error_and_fails() {
 }
 
 #[tokio::test]
+async fn config_check_lists_variables_by_scope_without_values() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let yaml = env.config_yaml(
+        TestEnv::standard_workspaces(),
+        2,
+        "127.0.0.1:0",
+        "terraform",
+    ) + "variables:\n  - name: region\n    terraform_var: true\n    value: eu-west-9\nenvironments:\n  - name: production\n    variables:\n      - name: AWS_SECRET_ACCESS_KEY\n        from_env: PROD_RW_SECRET\n        phases: [apply]\n";
+    let path = env.write_config(&yaml);
+    let out = gantry(&env)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .env("PROD_RW_SECRET", "prod-write-secret-value")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.ends_with(
+            "variables (names, phases and sources; values are never shown):\n  \
+             account\n    TF_VAR_region [plan, apply, drift] (value)\n  \
+             environment production\n    AWS_SECRET_ACCESS_KEY [apply] sensitive (from_env PROD_RW_SECRET)\n"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("prod-write-secret-value") && !stdout.contains("eu-west-9"));
+
+    // A missing source is reported like every other error.
+    let out = gantry(&env)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "{file}: environments[0].variables[0].from_env: PROD_RW_SECRET is not set\n1 error(s) in {file}\n",
+            file = path.display()
+        )
+    );
+}
+
+#[tokio::test]
 async fn plan_runs_a_local_dry_run_without_vcs_calls() {
     let env = TestEnv::new(&Db::Sqlite).await;
     let mut files = standard_files();
