@@ -137,19 +137,13 @@ impl LocalRunner {
                 }
             }
         }
-        let mut redactor = Redactor::new(&config.secret_values());
+        let redactor = Redactor::for_config(config, daemon_env);
         for name in &config.terraform.pass_env {
             if let Some(v) = daemon_env(name) {
-                if Redactor::looks_secret(name) {
-                    redactor.add(&v);
-                }
                 env.push((name.clone(), v));
             }
         }
         for (k, v) in &config.terraform.env {
-            if Redactor::looks_secret(k) {
-                redactor.add(v);
-            }
             env.push((k.clone(), v.clone()));
         }
         Ok(LocalRunner {
