@@ -74,7 +74,8 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/workspaces/{name}/drift", get(workspace_drift))
         .route("/drift", get(all_drift))
         .route("/audit", get(audit_log))
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token))
+        .layer(middleware::from_fn_with_state(ctx.clone(), redact_response));
     Router::new()
         .route(
             "/webhooks/{provider_id}",
@@ -105,6 +106,34 @@ async fn require_token(
         return Err(ApiError::Unauthorized);
     }
     Ok(next.run(req).await)
+}
+
+/// Every `/api` response body goes through the redactor: secrets and their
+/// encodings that reached stored runs, states or audit details are masked on
+/// the way out (and Content-Length fixed).
+async fn redact_response(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "reading an API response body to redact it");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
+        }
+    };
+    let redacted = match ctx.redactor().redact_bytes(&bytes) {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(v) => Some(v),
+    };
+    let body = match redacted {
+        Some(v) => axum::body::Bytes::from(v),
+        None => bytes,
+    };
+    parts.headers.insert(
+        axum::http::header::CONTENT_LENGTH,
+        axum::http::HeaderValue::from(body.len()),
+    );
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {

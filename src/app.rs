@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SharedConfig};
 use crate::git::Mirrors;
+use crate::redact::Redactor;
 use crate::store::Store;
 use crate::vcs::Providers;
 
@@ -30,6 +31,9 @@ type CommentLocks = Mutex<HashMap<(String, String, i64), Arc<tokio::sync::Mutex<
 pub struct Ctx {
     pub config: SharedConfig,
     pub providers: ArcSwap<Providers>,
+    /// Masks the config's secrets; swapped with the config. The process-wide
+    /// `redact::global()` (the log's) is set to the same one.
+    pub redactor: ArcSwap<Redactor>,
     pub store: Store,
     pub mirrors: Mirrors,
     pub env: EnvFn,
@@ -52,6 +56,11 @@ pub struct Ctx {
 impl Ctx {
     pub fn config(&self) -> Arc<Config> {
         self.config.load_full()
+    }
+
+    /// The redactor for the current config: every way out goes through it.
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.redactor.load_full()
     }
 
     pub fn comment_lock(&self, provider: &str, repo: &str, pr: i64) -> Arc<tokio::sync::Mutex<()>> {
@@ -107,6 +116,9 @@ impl Ctx {
     /// Swaps in a new configuration (hot reload).
     pub fn apply_config(&self, config: Config) -> anyhow::Result<()> {
         let providers = Providers::from_config(&config)?;
+        let redactor = Arc::new(Redactor::for_config(&config, &*self.env));
+        crate::redact::set_global(Redactor::clone(&redactor));
+        self.redactor.store(redactor);
         self.providers.store(Arc::new(providers));
         self.config.store(Arc::new(config));
         self.runs_queued.notify_one();
@@ -169,6 +181,8 @@ impl App {
         let store = Store::connect_sized(&config.database_url, pg_connections).await?;
         store.migrate().await?;
         let providers = Providers::from_config(&config)?;
+        let redactor = Redactor::for_config(&config, &*env);
+        crate::redact::set_global(redactor.clone());
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -176,6 +190,7 @@ impl App {
             mirrors: Mirrors::new(&config.data_dir),
             config: Arc::new(ArcSwap::from_pointee(config)),
             providers: ArcSwap::from_pointee(providers),
+            redactor: ArcSwap::from_pointee(redactor),
             store,
             env,
             runs_queued: Notify::new(),

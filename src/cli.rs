@@ -321,14 +321,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Loads the config; from then on the log masks its secrets.
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path, &process_env).map_err(|errors| {
+    let config = Config::load(path, &process_env).map_err(|errors| {
         for e in &errors.0 {
             eprintln!("{e}");
         }
         eprintln!("{} error(s) in {}", errors.0.len(), path.display());
         ExitCode::from(2)
-    })
+    })?;
+    crate::redact::set_global(crate::redact::Redactor::for_config(&config, &process_env));
+    Ok(config)
 }
 
 fn with_config(

@@ -12,6 +12,7 @@ mod ingest;
 mod policy;
 mod pr_checks;
 mod providers;
+mod redact;
 mod reload;
 mod restart;
 mod runner;
