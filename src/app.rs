@@ -153,7 +153,9 @@ pub async fn sandbox_for(
             let runner = crate::runner::LocalRunner::new(config, env, Some(sandbox.clone()))?;
             runner
                 .check_exposure(&config.protected_paths())
-                .with_context(|| format!("checking the sandbox against {}", config.source.display()))?;
+                .with_context(|| {
+                    format!("checking the sandbox against {}", config.source.display())
+                })?;
             if let Some((uid, _)) = sandbox.run_as() {
                 crate::runner::sandbox::ensure_traversable(&config.data_dir, uid)?;
             }

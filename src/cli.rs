@@ -366,9 +366,9 @@ fn config_check(path: &Path) -> ExitCode {
             };
             match sandbox {
                 Ok(Some(s)) => println!("sandbox: on ({})", s.layers()),
-                Ok(None) => println!(
-                    "sandbox: off (runner.sandbox: off): terraform runs are NOT isolated"
-                ),
+                Ok(None) => {
+                    println!("sandbox: off (runner.sandbox: off): terraform runs are NOT isolated")
+                }
                 Err(e) => {
                     println!("sandbox: unavailable: {e:#}");
                     return ExitCode::from(2);

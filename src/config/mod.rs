@@ -336,6 +336,8 @@ pub enum SandboxMode {
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub sandbox: SandboxMode,
+    /// Extra paths sandboxed runs may read and execute.
+    pub allow_read: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -590,13 +592,27 @@ impl<'a> Validator<'a> {
             None | Some("on") => SandboxMode::On,
             Some("off") => SandboxMode::Off,
             Some(other) => {
-                self.err(
-                    "runner.sandbox",
-                    format!("`{other}` is not `on` or `off`"),
-                );
+                self.err("runner.sandbox", format!("`{other}` is not `on` or `off`"));
                 SandboxMode::On
             }
         };
+        let mut allow_read = Vec::new();
+        for (i, p) in raw.runner.allow_read.iter().enumerate() {
+            let path = PathBuf::from(p);
+            if !path.is_absolute() {
+                self.err(
+                    format!("runner.allow_read[{i}]"),
+                    format!("`{p}` must be an absolute path"),
+                );
+            } else if path == Path::new("/") {
+                self.err(
+                    format!("runner.allow_read[{i}]"),
+                    "`/` would give runs the whole filesystem",
+                );
+            } else {
+                allow_read.push(path);
+            }
+        }
         let key_files = raw
             .providers
             .iter()
@@ -636,7 +652,10 @@ impl<'a> Validator<'a> {
             public_url,
             node_id,
             terraform: terraform.expect("validated"),
-            runner: RunnerConfig { sandbox },
+            runner: RunnerConfig {
+                sandbox,
+                allow_read,
+            },
             key_files,
             pricing: pricing.expect("validated"),
             allow_fork_prs: raw.allow_fork_prs,

@@ -99,6 +99,10 @@ pub struct RawRunner {
     /// `on` (default) or `off`.
     #[serde(default)]
     pub sandbox: Option<String>,
+    /// Extra paths sandboxed runs may read and execute (tool chains, the
+    /// targets of a wrapper `terraform.bin`).
+    #[serde(default)]
+    pub allow_read: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -203,7 +203,8 @@ pub struct LocalRunner {
     interrupt_grace: Duration,
     /// PATH, TF_IN_AUTOMATION, TF_INPUT, TF_CLI_CONFIG_FILE.
     base_env: Vec<(String, String)>,
-    /// The CLI config file and the paths it names (mirrors, caches): read-only.
+    /// `runner.allow_read`, the CLI config file and the paths it names
+    /// (mirrors, caches): read-only.
     cli_config_reads: Vec<PathBuf>,
     redactor: Redactor,
     sandbox: Option<Sandbox>,
@@ -223,7 +224,7 @@ impl LocalRunner {
         let mut base_env: Vec<(String, String)> = vec![("PATH".into(), path.clone())];
         base_env.push(("TF_IN_AUTOMATION".into(), "1".into()));
         base_env.push(("TF_INPUT".into(), "0".into()));
-        let mut cli_config_reads = Vec::new();
+        let mut cli_config_reads = config.runner.allow_read.clone();
         let cli_config = match &config.terraform.cli_config_file {
             Some(f) => Some(std::path::absolute(f)?),
             None => daemon_env("TF_CLI_CONFIG_FILE").map(PathBuf::from),
@@ -270,12 +271,26 @@ impl LocalRunner {
     /// sandbox's uid.
     async fn prepare_dirs(&self, req: &PlanRequest) -> Result<(), RunnerError> {
         let d = &req.dirs;
-        for dir in [d.checkout(), d.home(), d.tmp(), d.out(), d.plan(), req.plugin_cache.clone(), req.artifacts.clone()] {
+        for dir in [
+            d.checkout(),
+            d.home(),
+            d.tmp(),
+            d.out(),
+            d.plan(),
+            req.plugin_cache.clone(),
+            req.artifacts.clone(),
+        ] {
             tokio::fs::create_dir_all(&dir).await?;
         }
         if let Some(sandbox) = &self.sandbox {
             let sandbox = sandbox.clone();
-            let writable = [d.checkout(), d.home(), d.tmp(), d.out(), req.plugin_cache.clone()];
+            let writable = [
+                d.checkout(),
+                d.home(),
+                d.tmp(),
+                d.out(),
+                req.plugin_cache.clone(),
+            ];
             tokio::task::spawn_blocking(move || {
                 let refs: Vec<&Path> = writable.iter().map(|p| p.as_path()).collect();
                 sandbox.hand_over(&refs)
@@ -507,7 +522,11 @@ fn collect_paths(body: &hcl::Body, in_overrides: bool, out: &mut Vec<PathBuf>) {
         }
     }
     for block in body.blocks() {
-        collect_paths(block.body(), in_overrides || block.identifier() == "dev_overrides", out);
+        collect_paths(
+            block.body(),
+            in_overrides || block.identifier() == "dev_overrides",
+            out,
+        );
     }
 }
 
@@ -527,7 +546,6 @@ async fn read_to_vec(mut r: impl AsyncRead + Unpin) -> std::io::Result<Vec<u8>> 
     r.read_to_end(&mut buf).await?;
     Ok(buf)
 }
-
 
 /// SIGINT to the process group (terraform releases its locks), then, after the
 /// grace period or once the output closes, SIGKILL to whatever is left of it.
@@ -674,8 +692,10 @@ impl Runner for LocalRunner {
             message: "no checksum was recorded for the plan; re-plan".into(),
         })?;
         if actual != expected {
-            log.write_all(b"gantry: the saved plan file does not match the reviewed plan; not applying\n")
-                .await?;
+            log.write_all(
+                b"gantry: the saved plan file does not match the reviewed plan; not applying\n",
+            )
+            .await?;
             return Err(RunnerError::PlanTampered { expected, actual });
         }
         let plan = std::path::absolute(req.dirs.plan().join("plan.tfplan"))?;

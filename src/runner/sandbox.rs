@@ -10,9 +10,11 @@
 //! 3. **Landlock** over the filesystem: read (and execute) only the system
 //!    directories, the terraform binary, what the CLI config names, and the
 //!    run's own plan; write only the checkout, a per-run HOME and TMPDIR, the
-//!    plan output directory and the workspace's own plugin cache. Where the
-//!    kernel has it, signals and abstract unix sockets are scoped to the
-//!    sandbox too.
+//!    plan output directory and the workspace's own plugin cache. Nothing
+//!    under `/proc` is readable at all (terraform does not need it), so not
+//!    even the sandbox's own processes can read each other's environment.
+//!    Where the kernel has it, signals and abstract unix sockets are scoped
+//!    to the sandbox too.
 //! 4. **`PR_SET_NO_NEW_PRIVS`** and **no capabilities** (bounding, ambient,
 //!    effective, permitted and inheritable sets emptied).
 //!
@@ -493,12 +495,6 @@ fn confine(spec: &Spec) -> Result<Layers, String> {
     let read = AccessFs::from_read(abi);
     let all = AccessFs::from_all(abi);
     let file_rw = AccessFs::ReadFile | AccessFs::WriteFile | AccessFs::Truncate;
-    // Inside its own PID namespace, /proc shows only the sandbox.
-    let proc_paths: Vec<PathBuf> = if spec.namespaces {
-        vec!["/proc".into()]
-    } else {
-        vec!["/proc/self".into()]
-    };
     let ll_err = |e: landlock::RulesetError| format!("landlock: {e}");
     let status = Ruleset::default()
         .handle_access(all)
@@ -508,11 +504,6 @@ fn confine(spec: &Spec) -> Result<Layers, String> {
         .create()
         .map_err(ll_err)?
         .add_rules(path_beneath_rules(&spec.read, read))
-        .map_err(ll_err)?
-        .add_rules(path_beneath_rules(
-            &proc_paths,
-            AccessFs::ReadFile | AccessFs::ReadDir,
-        ))
         .map_err(ll_err)?
         .add_rules(path_beneath_rules(DEVICES_RW, file_rw))
         .map_err(ll_err)?

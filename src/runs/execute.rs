@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Ctx, LEASE};
+use crate::config::Phase;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
 use crate::report::{self, Section, COMMENT_MARKER};
-use crate::config::Phase;
 use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
 use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, Audit};
@@ -256,13 +256,7 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
         Phase::Plan
     };
     let env = ctx.env.clone();
-    let request = job_request(
-        &config,
-        &workspace,
-        dirs,
-        artifacts_dir(ctx, run.id),
-        phase,
-    );
+    let request = job_request(&config, &workspace, dirs, artifacts_dir(ctx, run.id), phase);
     let gantry_state = !crate::state::has_own_backend(&request.workdir);
     if gantry_state {
         crate::state::restore(&ctx.store, &workspace.name, &request.workdir).await?;

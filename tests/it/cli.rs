@@ -107,7 +107,7 @@ async fn config_check_lists_variables_by_scope_without_values() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.ends_with(
+        stdout.contains(
             "variables (names, phases and sources; values are never shown):\n  \
              account\n    TF_VAR_region [plan, apply, drift] (value)\n  \
              environment production\n    AWS_SECRET_ACCESS_KEY [apply] sensitive (from_env PROD_RW_SECRET)\n"
@@ -343,4 +343,64 @@ fn policy_eval_prints_results_per_policy() {
     );
     assert!(stdout.contains("FAILED   required_tags (soft-mandatory)\n         - aws_ebs_volume.data: missing required tags [\"owner\", \"team\"]"), "{stdout}");
     assert!(stdout.contains("policies: 1 failed (soft)"), "{stdout}");
+}
+
+#[tokio::test]
+async fn config_check_says_which_sandbox_is_in_force() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let path = env.write_config(&env.default_yaml());
+    let out = gantry(&env)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("sandbox: "))
+        .unwrap_or_else(|| panic!("no sandbox line:\n{stdout}"));
+    assert!(line.starts_with("sandbox: on ("), "{line}");
+    for layer in ["landlock", "no_new_privs", "no capabilities"] {
+        assert!(line.contains(layer), "{layer} missing: {line}");
+    }
+
+    let off = env
+        .default_yaml()
+        .replace("runner:\n", "runner:\n  sandbox: \"off\"\n");
+    let path = env.write_config(&off);
+    let out = gantry(&env)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("sandbox: off (runner.sandbox: off): terraform runs are NOT isolated"),
+        "{stdout}"
+    );
+
+    let bad = env
+        .default_yaml()
+        .replace("runner:\n", "runner:\n  sandbox: maybe\n");
+    let path = env.write_config(&bad);
+    let out = gantry(&env)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("runner.sandbox: `maybe` is not `on` or `off`")
+            || String::from_utf8_lossy(&out.stdout)
+                .contains("runner.sandbox: `maybe` is not `on` or `off`"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

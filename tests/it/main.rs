@@ -16,3 +16,4 @@ mod redact;
 mod reload;
 mod restart;
 mod runner;
+mod sandbox;

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use gantry::runner::{LocalRunner, PlanRequest, Runner, RunnerError};
+use gantry::config::Phase;
+use gantry::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::origin::{null_config, write_script};
@@ -20,38 +21,31 @@ fn daemon_env(name: &str) -> Option<String> {
 #[tokio::test]
 async fn terraform_sees_only_what_the_operator_passes() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let dump = env.dir.path().join("env.txt");
     let wrapper = env.dir.path().join("tf-wrapper");
+    // The sandbox lets terraform write only to its own directories: the
+    // environment is dumped into the run's HOME.
     write_script(&wrapper,
         &format!(
-            "#!/bin/sh\nif [ \"$1\" = plan ]; then env > \"{}\"; echo \"secret is $AWS_SECRET_ACCESS_KEY\"; fi\nexec \"{}\" \"$@\"\n",
-            dump.display(),
+            "#!/bin/sh\nif [ \"$1\" = plan ]; then env > \"$HOME/env.txt\"; echo \"secret is $AWS_SECRET_ACCESS_KEY\"; fi\nexec \"{}\" \"$@\"\n",
             terraform_bin()
         ),
     );
     let yaml = env
         .config_yaml(TestEnv::standard_workspaces(), 1, "127.0.0.1:0", &wrapper.display().to_string())
         .replace("  timeout: 5m\n", "  timeout: 5m\n  pass_env: [AWS_REGION, AWS_SECRET_ACCESS_KEY]\n  env:\n    TF_VAR_team: platform\n");
-    let config = env.load_config(&yaml);
-    let runner = LocalRunner::from_config(&config, &daemon_env).unwrap();
-    let work = env.dir.path().join("ws");
-    write_file(&work.join("main.tf"), &null_config("x"));
-
-    let out = runner
-        .plan(
-            &PlanRequest {
-                workdir: work,
-                artifacts: env.dir.path().join("artifacts"),
-                timeout: Duration::from_secs(120),
-            },
-            &CancellationToken::new(),
-        )
+    let config = gantry::Config::load(&env.write_config(&yaml), &daemon_env).unwrap();
+    let sandbox = gantry::app::sandbox_for(&config, &daemon_env)
         .await
         .unwrap();
+    let runner = LocalRunner::new(&config, &daemon_env, sandbox).unwrap();
+    let req = request(&env, &config, "network", Phase::Plan);
+    write_file(&req.workdir.join("main.tf"), &null_config("x"));
+
+    let out = runner.plan(&req, &CancellationToken::new()).await.unwrap();
     assert_eq!(out.summary.add, 1);
     assert!(out.plan_json.exists() && out.plan_file.exists());
 
-    let seen = std::fs::read_to_string(&dump).unwrap();
+    let seen = std::fs::read_to_string(req.dirs.home().join("env.txt")).unwrap();
     for expected in [
         "TF_IN_AUTOMATION=1",
         "AWS_REGION=eu-west-1",
@@ -69,7 +63,7 @@ async fn terraform_sees_only_what_the_operator_passes() {
     }
     // Secret-looking pass-through values are redacted from captured output.
     assert!(out.plan_text.contains("secret is ***"), "{}", out.plan_text);
-    let log = std::fs::read_to_string(env.dir.path().join("artifacts/log.txt")).unwrap();
+    let log = std::fs::read_to_string(req.artifacts.join("log.txt")).unwrap();
     assert!(!log.contains("aws-secret-value-123"));
 }
 
@@ -92,21 +86,19 @@ async fn a_run_past_its_timeout_is_killed() {
         "127.0.0.1:0",
         &wrapper.display().to_string(),
     );
-    let runner = LocalRunner::from_config(&env.load_config(&yaml), &test_env_lookup)
+    let config = env.load_config(&yaml);
+    let sandbox = gantry::app::sandbox_for(&config, &test_env_lookup)
+        .await
+        .unwrap();
+    let runner = LocalRunner::new(&config, &test_env_lookup, sandbox)
         .unwrap()
         .with_interrupt_grace(Duration::from_millis(500));
-    let work = env.dir.path().join("ws");
-    write_file(&work.join("main.tf"), &null_config("x"));
+    let mut req = request(&env, &config, "network", Phase::Plan);
+    req.timeout = Duration::from_millis(500);
+    write_file(&req.workdir.join("main.tf"), &null_config("x"));
     let started = Instant::now();
     let err = runner
-        .plan(
-            &PlanRequest {
-                workdir: work,
-                artifacts: env.dir.path().join("artifacts"),
-                timeout: Duration::from_millis(500),
-            },
-            &CancellationToken::new(),
-        )
+        .plan(&req, &CancellationToken::new())
         .await
         .unwrap_err();
     assert!(
@@ -122,4 +114,17 @@ async fn a_run_past_its_timeout_is_killed() {
     assert!(started.elapsed() < Duration::from_secs(3));
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!marker.exists(), "the hung child survived the timeout");
+}
+
+/// The job of one phase of a run of `workspace`, in a fresh run directory.
+fn request(env: &TestEnv, config: &gantry::Config, workspace: &str, phase: Phase) -> PlanRequest {
+    let ws = config.workspace(workspace).unwrap();
+    let dirs = RunDirs::new(env.data_dir().join("work").join(format!("run-{workspace}")));
+    gantry::runs::execute::job_request(
+        config,
+        ws,
+        dirs,
+        env.data_dir().join("runs").join(workspace),
+        phase,
+    )
 }

@@ -146,6 +146,8 @@ terraform:
   bin: "{tf}"
   cli_config_file: "{rc}"
   timeout: 5m
+runner:
+  allow_read: ["{tools}"]
 providers:
   - id: github
     kind: github
@@ -158,6 +160,10 @@ workspaces:
             data = self.data_dir().display(),
             db = self.db_url,
             tf = terraform_bin,
+            tools = Path::new(&self::terraform_bin())
+                .parent()
+                .unwrap()
+                .display(),
             rc = terraform_rc().display(),
             api = self.github.url(),
             git = self.origin.url_template(),
