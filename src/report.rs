@@ -166,6 +166,16 @@ fn result_cell(s: &Section<'_>) -> String {
     cell.trim().replace('|', "\\|")
 }
 
+/// What every gantry comment ends with when terraform runs unsandboxed
+/// (`runner.sandbox: off`); nothing otherwise.
+pub fn footer(sandboxed: bool) -> String {
+    if sandboxed {
+        String::new()
+    } else {
+        "\n---\n⚠️ _Runs are not isolated: `runner.sandbox` is off, so this pull request's Terraform ran with access to gantry's files and credentials._\n".into()
+    }
+}
+
 /// Renders a PR comment for the runs of `head_sha`, at most `limit` characters,
 /// starting with `marker`.
 pub fn render_comment(

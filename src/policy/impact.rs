@@ -218,7 +218,10 @@ pub async fn analyze(
             without_plan.push(ws.name.clone());
             continue;
         };
-        let plan: serde_json::Value = serde_json::from_str(&text)?;
+        let mut plan: serde_json::Value = serde_json::from_str(&text)?;
+        // The proposed rego is untrusted: it never sees values terraform marks
+        // sensitive, so no message can carry one into the comment.
+        crate::redact::mask_sensitive_plan(&mut plan);
         let cost = run
             .cost
             .clone()
@@ -279,6 +282,7 @@ async fn upsert(
     if existing.is_none() {
         existing = provider.find_comment(&pr.repo, pr.number, MARKER).await?;
     }
+    let body = &format!("{body}{}", crate::report::footer(ctx.sandbox.is_some()));
     let id = match existing {
         Some(id) => match provider
             .update_comment(&pr.repo, pr.number, &id, body)

@@ -313,7 +313,11 @@ async fn plan_run(
         .any(|g| g.environments.contains(&prepared.workspace.environment));
     if governed {
         let tfrun = tfrun(ctx, run, &prepared.workspace, &out.summary, &cost).await;
-        let input = crate::policy::input(out.plan.clone(), tfrun);
+        // Policies never see values terraform marks sensitive, so no deny
+        // message can carry one into a comment.
+        let mut plan = out.plan.clone();
+        crate::redact::mask_sensitive_plan(&mut plan);
+        let input = crate::policy::input(plan, tfrun);
         let checks =
             crate::policy::groups::evaluate(ctx, &prepared.workspace.environment, &input).await;
         ctx.store.set_policy_results(run.id, &checks).await?;
@@ -560,10 +564,13 @@ async fn notify_drift(
                     "commit_sha": run.head_sha,
                     "resources": report.resources,
                 });
+                // The way out goes through the redactor, like every report.
+                let body = ctx.redactor().redact(&body.to_string());
                 reqwest::Client::new()
                     .post(url)
                     .timeout(std::time::Duration::from_secs(10))
-                    .json(&body)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(body)
                     .send()
                     .await?
                     .error_for_status()?;
@@ -1012,7 +1019,9 @@ where
     } else {
         report::apply_marker(&head)
     };
-    let body = report::render_comment(&head, &sections, provider.comment_limit(), &marker);
+    let footer = report::footer(ctx.sandbox.is_some());
+    let limit = provider.comment_limit().saturating_sub(footer.len());
+    let body = report::render_comment(&head, &sections, limit, &marker) + &footer;
     let mut existing = slot.comment_id.clone();
     if existing.is_none() {
         existing = provider.find_comment(repo, pr, &marker).await?;

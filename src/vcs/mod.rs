@@ -6,6 +6,7 @@ pub mod azure_devops;
 pub mod bitbucket;
 pub mod github;
 pub mod gitlab;
+pub mod redacting;
 pub mod rest;
 
 use std::collections::HashMap;
@@ -253,10 +254,14 @@ pub trait VcsProvider: Send + Sync {
 pub struct Providers(HashMap<String, Arc<dyn VcsProvider>>);
 
 impl Providers {
+    /// Every provider of the configuration, each behind the redactor of
+    /// that configuration's secrets.
     pub fn from_config(config: &Config) -> anyhow::Result<Providers> {
+        let redactor = Arc::new(crate::redact::Redactor::new(&config.secret_values()));
         let mut map: HashMap<String, Arc<dyn VcsProvider>> = HashMap::new();
         for p in &config.providers {
-            map.insert(p.id.clone(), build(p)?);
+            let provider = redacting::Redacting::new(build(p)?, redactor.clone());
+            map.insert(p.id.clone(), Arc::new(provider));
         }
         Ok(Providers(map))
     }
