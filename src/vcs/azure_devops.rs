@@ -38,6 +38,9 @@ pub struct AzureDevOps {
     git_url: String,
     webhook_user: String,
     webhook_password: SecretString,
+    /// The id of the identity the PAT authenticates as (`connectionData`),
+    /// looked up the first time a thread carrying a marker needs it.
+    own_id: tokio::sync::OnceCell<String>,
 }
 
 impl AzureDevOps {
@@ -60,7 +63,33 @@ impl AzureDevOps {
             git_url: p.git_url.clone(),
             webhook_user: p.webhook_user.clone().unwrap_or_default(),
             webhook_password: p.webhook_secret.clone(),
+            own_id: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The identity gantry's threads are written by: `authenticatedUser` of
+    /// the organization's (or collection's) connection data.
+    async fn own_id(&self) -> Result<&str, VcsError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct ConnectionData {
+            authenticated_user: IdentityId,
+        }
+        #[derive(Deserialize)]
+        struct IdentityId {
+            id: String,
+        }
+        self.own_id
+            .get_or_try_init(|| async {
+                let data: ConnectionData = self
+                    .api
+                    .get("/_apis/connectionData?api-version=7.1-preview")
+                    .await
+                    .map_err(|e| e.context("looking up the token's user (connectionData)"))?;
+                Ok(data.authenticated_user.id)
+            })
+            .await
+            .map(String::as_str)
     }
 
     /// `/{project}/_apis/git/repositories/{name}`.
@@ -393,6 +422,14 @@ struct ThreadComment {
     id: i64,
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    author: Option<Author>,
+}
+
+#[derive(Deserialize)]
+struct Author {
+    #[serde(default)]
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -726,18 +763,31 @@ impl VcsProvider for AzureDevOps {
             Self::repo_path(repo)
         );
         let threads: List<Thread> = self.api.get(&path).await?;
-        Ok(threads
+        // A thread is gantry's when its first comment (the one gantry edits)
+        // carries the marker and gantry wrote it.
+        let marked: Vec<_> = threads
             .value
-            .iter()
-            .filter(|t| {
-                t.comments
-                    .iter()
-                    .find(|c| c.id == 1)
-                    .and_then(|c| c.content.as_deref())
+            .into_iter()
+            .filter_map(|t| {
+                let first = t.comments.into_iter().find(|c| c.id == 1)?;
+                first
+                    .content
+                    .as_deref()
                     .is_some_and(|b| b.contains(marker))
+                    .then(|| super::Marked {
+                        id: t.id,
+                        author: first.author.map(|a| a.id).unwrap_or_default(),
+                    })
             })
-            .max_by_key(|t| t.id)
-            .map(|t| t.id.to_string()))
+            .collect();
+        if marked.is_empty() {
+            return Ok(None);
+        }
+        let me = self.own_id().await?;
+        Ok(super::newest_own(&self.id, marked, |author| {
+            !author.is_empty() && author.eq_ignore_ascii_case(me)
+        })
+        .map(|id| id.to_string()))
     }
 }
 

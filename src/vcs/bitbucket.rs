@@ -31,6 +31,13 @@ pub struct Bitbucket {
     token: SecretString,
     git_url: String,
     webhook_secret: SecretString,
+    /// An access token (Bearer) rather than a user's app password or API token.
+    access_token: bool,
+    /// The account gantry's comments are written by: `GET /user` for a user's
+    /// credentials, looked up the first time a marked comment needs it. An
+    /// access token's bot user cannot call `GET /user`, so for it this is
+    /// learned from the first comment gantry posts.
+    own_account: tokio::sync::OnceCell<Account>,
 }
 
 impl Bitbucket {
@@ -38,6 +45,7 @@ impl Bitbucket {
         let ProviderAuth::Token(token) = &p.auth else {
             anyhow::bail!("provider {}: Bitbucket authenticates with token_env", p.id);
         };
+        let access_token = p.username.is_none();
         let (authorization, git_user) = match &p.username {
             // An API token (Atlassian account email) or an app password (username).
             Some(user) => (
@@ -61,7 +69,27 @@ impl Bitbucket {
             token: token.clone(),
             git_url: p.git_url.clone(),
             webhook_secret: p.webhook_secret.clone(),
+            access_token,
+            own_account: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The account gantry's comments are written by, if it can be known:
+    /// `GET /user` for a user's credentials (an error if that fails); for an
+    /// access token, the author of a comment gantry posted, else `None`.
+    async fn own_account(&self) -> Result<Option<&Account>, VcsError> {
+        if self.access_token {
+            return Ok(self.own_account.get());
+        }
+        self.own_account
+            .get_or_try_init(|| async {
+                self.api
+                    .get::<Account>("/user")
+                    .await
+                    .map_err(|e| e.context("looking up the token's user (GET /user)"))
+            })
+            .await
+            .map(Some)
     }
 
     fn repo_path(repo: &str) -> String {
@@ -450,6 +478,32 @@ struct CommentRef {
     id: i64,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    user: Option<Account>,
+}
+
+/// A Bitbucket account as the API names it: `account_id` (Atlassian-wide)
+/// and `uuid`; either identifies it.
+#[derive(Clone, Default, Deserialize)]
+struct Account {
+    #[serde(default)]
+    account_id: Option<String>,
+    #[serde(default)]
+    uuid: Option<String>,
+}
+
+impl Account {
+    fn is(&self, other: &Account) -> bool {
+        let same = |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if !a.is_empty() && a == b);
+        same(&self.account_id, &other.account_id) || same(&self.uuid, &other.uuid)
+    }
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.account_id.as_deref().or(self.uuid.as_deref());
+        f.write_str(name.unwrap_or("unknown"))
+    }
 }
 
 #[async_trait]
@@ -519,13 +573,22 @@ impl VcsProvider for Bitbucket {
 
     async fn create_comment(&self, repo: &str, pr: i64, body: &str) -> Result<String, VcsError> {
         let path = format!("{}/pullrequests/{pr}/comments", Self::repo_path(repo));
-        let c: IdRef = self
+        let c: CommentRef = self
             .api
             .post(
                 &path,
                 &json!({ "content": { "raw": plain_markdown(body) } }),
             )
             .await?;
+        if self.access_token {
+            // The access token's bot user wrote it: that is gantry's identity.
+            if let Some(user) = c
+                .user
+                .filter(|u| u.account_id.is_some() || u.uuid.is_some())
+            {
+                let _ = self.own_account.set(user);
+            }
+        }
         Ok(c.id.to_string())
     }
 
@@ -667,16 +730,32 @@ impl VcsProvider for Bitbucket {
         );
         let comments: Vec<CommentRef> = self.all_pages(path, 50).await?;
         let marker = plain_markdown(marker);
-        Ok(comments
-            .iter()
+        let marked: Vec<_> = comments
+            .into_iter()
             .filter(|c| {
                 c.content
                     .as_ref()
                     .and_then(|x| x.raw.as_deref())
                     .is_some_and(|b| b.contains(&marker))
             })
-            .max_by_key(|c| c.id)
-            .map(|c| c.id.to_string()))
+            .map(|c| super::Marked {
+                id: c.id,
+                author: c.user.unwrap_or_default(),
+            })
+            .collect();
+        if marked.is_empty() {
+            return Ok(None);
+        }
+        let Some(me) = self.own_account().await? else {
+            // An access token's bot is not known until gantry posts once: no
+            // marked comment is provably gantry's, so none is edited.
+            tracing::warn!(
+                provider.id = %self.id,
+                "comments carry gantry's marker, but an access token cannot tell whether gantry wrote them; posting a new comment"
+            );
+            return Ok(None);
+        };
+        Ok(super::newest_own(&self.id, marked, |author| author.is(me)).map(|id| id.to_string()))
     }
 }
 

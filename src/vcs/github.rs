@@ -26,6 +26,9 @@ pub struct GitHub {
     auth: Auth,
     git_url: String,
     webhook_secret: SecretString,
+    /// gantry's own login (the token's user, or the App's `<slug>[bot]`),
+    /// looked up the first time a comment carrying a marker needs it.
+    own_login: tokio::sync::OnceCell<String>,
 }
 
 /// Installation tokens last an hour; reuse one for git for at most this long.
@@ -88,7 +91,42 @@ impl GitHub {
             auth,
             git_url: p.git_url.clone(),
             webhook_secret: p.webhook_secret.clone(),
+            own_login: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The login gantry's comments are written by: `GET /user` with a token,
+    /// `<slug>[bot]` of `GET /app` (as the app, JWT) with a GitHub App.
+    async fn own_login(&self) -> Result<&str, VcsError> {
+        #[derive(Deserialize)]
+        struct App {
+            slug: String,
+        }
+        self.own_login
+            .get_or_try_init(|| async {
+                match &self.auth {
+                    Auth::Token { client, .. } => {
+                        let user: User = self
+                            .with_retry("user lookup", || async {
+                                client.get("/user", None::<&()>).await.map_err(map_error)
+                            })
+                            .await
+                            .map_err(|e| e.context("looking up the token's user (GET /user)"))?;
+                        Ok(user.login)
+                    }
+                    Auth::App { app, .. } => {
+                        let found: App = self
+                            .with_retry("app lookup", || async {
+                                app.get("/app", None::<&()>).await.map_err(map_error)
+                            })
+                            .await
+                            .map_err(|e| e.context("looking up the GitHub App (GET /app)"))?;
+                        Ok(format!("{}[bot]", found.slug))
+                    }
+                }
+            })
+            .await
+            .map(String::as_str)
     }
 
     /// The app installation that covers `repo`, looked up once and cached.
@@ -427,6 +465,9 @@ struct CommentRef {
     id: u64,
     #[serde(default)]
     body: Option<String>,
+    /// Null for some deleted accounts.
+    #[serde(default)]
+    user: Option<User>,
 }
 
 #[async_trait]
@@ -711,7 +752,7 @@ impl VcsProvider for GitHub {
     ) -> Result<Option<String>, VcsError> {
         let (owner, name) = split_repo(repo);
         let client = self.client(repo).await?;
-        let mut found = None;
+        let mut marked = Vec::new();
         for page in 1..=50u32 {
             let route =
                 format!("/repos/{owner}/{name}/issues/{pr}/comments?per_page=100&page={page}");
@@ -720,16 +761,28 @@ impl VcsProvider for GitHub {
                     client.get(&route, None::<&()>).await.map_err(map_error)
                 })
                 .await?;
-            for c in &comments {
-                if c.body.as_deref().is_some_and(|b| b.contains(marker)) {
-                    found = Some(c.id.to_string());
-                }
-            }
-            if comments.len() < 100 {
+            let count = comments.len();
+            marked.extend(
+                comments
+                    .into_iter()
+                    .filter(|c| c.body.as_deref().is_some_and(|b| b.contains(marker)))
+                    .map(|c| super::Marked {
+                        id: c.id,
+                        author: c.user.map(|u| u.login).unwrap_or_default(),
+                    }),
+            );
+            if count < 100 {
                 break;
             }
         }
-        Ok(found)
+        if marked.is_empty() {
+            return Ok(None);
+        }
+        let me = self.own_login().await?;
+        Ok(super::newest_own(&self.id, marked, |login| {
+            !login.is_empty() && login.eq_ignore_ascii_case(me)
+        })
+        .map(|id| id.to_string()))
     }
 }
 

@@ -14,7 +14,7 @@ use gitlab::api::projects::merge_requests::MergeRequest;
 use gitlab::api::projects::repository::commits::{
     CommitStatusState, CreateCommitStatus, MergeRequests as CommitMergeRequests,
 };
-use gitlab::api::users::Users;
+use gitlab::api::users::{CurrentUser, Users};
 use gitlab::api::{ApiError, AsyncQuery, Pagination};
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
@@ -40,6 +40,9 @@ pub struct GitLab {
     token: SecretString,
     git_url: String,
     webhook_secret: SecretString,
+    /// The id of the token's user (`GET /user`), looked up the first time a
+    /// note carrying a marker needs it.
+    own_id: tokio::sync::OnceCell<u64>,
 }
 
 impl GitLab {
@@ -66,7 +69,27 @@ impl GitLab {
             token: token.clone(),
             git_url: p.git_url.clone(),
             webhook_secret: p.webhook_secret.clone(),
+            own_id: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The id of the user gantry's notes are written by: the token's user.
+    async fn own_id(&self) -> Result<u64, VcsError> {
+        #[derive(Deserialize)]
+        struct Me {
+            id: u64,
+        }
+        self.own_id
+            .get_or_try_init(|| async {
+                let endpoint = CurrentUser::builder().build().map_err(build_error)?;
+                let me: Me = self
+                    .query("user lookup", &endpoint)
+                    .await
+                    .map_err(|e| e.context("looking up the token's user (GET /user)"))?;
+                Ok(me.id)
+            })
+            .await
+            .copied()
     }
 
     /// Runs one endpoint query, retrying transient failures.
@@ -409,6 +432,13 @@ struct NoteRef {
     id: u64,
     #[serde(default)]
     body: Option<String>,
+    #[serde(default)]
+    author: Option<NoteAuthor>,
+}
+
+#[derive(Deserialize)]
+struct NoteAuthor {
+    id: u64,
 }
 
 #[derive(Deserialize)]
@@ -687,12 +717,23 @@ impl VcsProvider for GitLab {
                 &gitlab::api::paged(endpoint, Pagination::Limit(5000)),
             )
             .await?;
-        // The newest note carrying the marker (ids grow with time).
-        Ok(notes
-            .iter()
+        let marked: Vec<_> = notes
+            .into_iter()
             .filter(|n| n.body.as_deref().is_some_and(|b| b.contains(marker)))
-            .max_by_key(|n| n.id)
-            .map(|n| n.id.to_string()))
+            .map(|n| super::Marked {
+                id: n.id,
+                author: n
+                    .author
+                    .map(|a| a.id.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+            })
+            .collect();
+        if marked.is_empty() {
+            return Ok(None);
+        }
+        let me = self.own_id().await?.to_string();
+        // The newest of gantry's own (ids grow with time).
+        Ok(super::newest_own(&self.id, marked, |author| *author == me).map(|id| id.to_string()))
     }
 }
 

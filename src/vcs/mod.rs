@@ -188,6 +188,21 @@ impl VcsError {
     pub fn is_transient(&self) -> bool {
         matches!(self, VcsError::RateLimited(_) | VcsError::Server { .. })
     }
+
+    /// The same error (same class), its message prefixed with what failed.
+    pub fn context(self, what: &str) -> VcsError {
+        match self {
+            VcsError::Unauthorized(m) => VcsError::Unauthorized(format!("{what}: {m}")),
+            VcsError::Forbidden(m) => VcsError::Forbidden(format!("{what}: {m}")),
+            VcsError::NotFound(m) => VcsError::NotFound(format!("{what}: {m}")),
+            VcsError::RateLimited(m) => VcsError::RateLimited(format!("{what}: {m}")),
+            VcsError::Server { status, message } => VcsError::Server {
+                status,
+                message: format!("{what}: {message}"),
+            },
+            VcsError::Other(m) => VcsError::Other(format!("{what}: {m}")),
+        }
+    }
 }
 
 /// Username and password for git over HTTPS.
@@ -240,7 +255,11 @@ pub trait VcsProvider: Send + Sync {
     /// The pull request a (merge) commit belongs to, if any.
     async fn pull_request_for_commit(&self, repo: &str, sha: &str)
         -> Result<Option<i64>, VcsError>;
-    /// The newest comment on the pull request whose body contains `marker`.
+    /// The newest comment on the pull request whose body contains `marker`
+    /// and that gantry's own identity wrote (the token's user, or the GitHub
+    /// App's bot): a stranger's comment carrying the marker is never returned.
+    /// The identity is looked up once, when a marked comment first needs it;
+    /// failing to learn it is an error, never a match.
     async fn find_comment(
         &self,
         repo: &str,
@@ -339,6 +358,42 @@ pub(crate) fn is_zero_sha(sha: &str) -> bool {
     sha.bytes().all(|b| b == b'0')
 }
 
+/// A comment that carries gantry's marker, as `find_comment` sees it: its id
+/// (ids grow with time) and its author, in the provider's terms.
+pub(crate) struct Marked<I, A> {
+    pub id: I,
+    pub author: A,
+}
+
+/// The newest of the `marked` comments that `is_mine` says gantry wrote. The
+/// others are strangers' comments that copied the marker: left alone, logged.
+pub(crate) fn newest_own<I, A>(
+    provider_id: &str,
+    marked: Vec<Marked<I, A>>,
+    is_mine: impl Fn(&A) -> bool,
+) -> Option<I>
+where
+    I: Ord + std::fmt::Display,
+    A: std::fmt::Display,
+{
+    let mut newest: Option<I> = None;
+    for m in marked {
+        if is_mine(&m.author) {
+            if newest.as_ref().is_none_or(|n| m.id > *n) {
+                newest = Some(m.id);
+            }
+        } else {
+            tracing::warn!(
+                provider.id = %provider_id,
+                comment.id = %m.id,
+                comment.author = %m.author,
+                "a comment by another user carries gantry's marker; leaving it alone"
+            );
+        }
+    }
+    newest
+}
+
 /// Runs `f`, retrying transient provider failures with backoff.
 pub(crate) async fn retry_transient<T, F, Fut>(
     provider_id: &str,
@@ -361,4 +416,38 @@ where
         tracing::warn!(provider.id = %provider_id, error = %e, retry_in_ms = after.as_millis() as u64, "{what} failed; retrying")
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marked(id: u64, author: &str) -> Marked<u64, String> {
+        Marked {
+            id,
+            author: author.to_string(),
+        }
+    }
+
+    #[test]
+    fn only_gantrys_own_marked_comments_are_found() {
+        let mine = |a: &String| a == "gantry-bot";
+        // A stranger's newer comment carrying the marker is passed over.
+        let found = newest_own(
+            "gh",
+            vec![
+                marked(10, "gantry-bot"),
+                marked(30, "mallory"),
+                marked(20, "gantry-bot"),
+            ],
+            mine,
+        );
+        assert_eq!(found, Some(20));
+        // Only strangers' comments: none is gantry's.
+        assert_eq!(
+            newest_own("gh", vec![marked(5, "mallory"), marked(6, "eve")], mine),
+            None
+        );
+        assert_eq!(newest_own::<u64, String>("gh", Vec::new(), mine), None);
+    }
 }

@@ -1,13 +1,13 @@
 //! GitHub App authentication: the app's JWT finds the repository's
 //! installation, whose token then authenticates statuses, comments and git.
 
-use crate::support::fake_github::INSTALLATION_TOKEN;
+use crate::support::fake_github::{APP_BOT_LOGIN, INSTALLATION_TOKEN};
 use crate::support::origin::null_config;
 use crate::support::*;
 
-#[tokio::test]
-async fn a_github_app_provider_reports_with_its_installation_token() {
-    let env = TestEnv::new(&Db::Sqlite).await;
+/// The standard configuration with the provider authenticating as a GitHub
+/// App (a fresh RSA key).
+fn app_yaml(env: &TestEnv) -> String {
     let key = env.dir.path().join("app.pem");
     let out = std::process::Command::new("openssl")
         .args(["genrsa", "-traditional", "-out"])
@@ -20,26 +20,30 @@ async fn a_github_app_provider_reports_with_its_installation_token() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    env.config_yaml(
+        TestEnv::standard_workspaces(),
+        2,
+        "127.0.0.1:0",
+        &terraform_bin(),
+    )
+    .replace(
+        "    token_env: GITHUB_TOKEN\n",
+        &format!(
+            "    app_id: 12345\n    private_key_file: \"{}\"\n",
+            key.display()
+        ),
+    )
+}
 
+#[tokio::test]
+async fn a_github_app_provider_reports_with_its_installation_token() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let yaml = app_yaml(&env);
     let (_, base, head) = env.origin.standard_change(
         vec![("dns/main.tf", null_config("dns-v2"))],
         "dns",
         &["refs/pull/7/head"],
     );
-    let yaml = env
-        .config_yaml(
-            TestEnv::standard_workspaces(),
-            2,
-            "127.0.0.1:0",
-            &terraform_bin(),
-        )
-        .replace(
-            "    token_env: GITHUB_TOKEN\n",
-            &format!(
-                "    app_id: 12345\n    private_key_file: \"{}\"\n",
-                key.display()
-            ),
-        );
     let app = env.spawn_app(&yaml).await;
     app.send_webhook(
         "pull_request",
@@ -90,6 +94,33 @@ async fn a_github_app_provider_reports_with_its_installation_token() {
         1
     );
     app.stop().await;
+}
+
+/// The app's comments are written by its bot, `<slug>[bot]` (`GET /app`, as
+/// the app): a stranger's comment with the marker is left alone.
+#[tokio::test]
+async fn a_github_app_edits_only_its_bots_comments() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let yaml = app_yaml(&env);
+    crate::pr_checks::only_own_comments_are_edited(&env, &yaml, APP_BOT_LOGIN, "/app").await;
+    let lookup = env
+        .github
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/app")
+        .unwrap();
+    assert!(
+        lookup
+            .authorization
+            .as_deref()
+            .unwrap()
+            .starts_with("Bearer eyJ"),
+        "the app's JWT"
+    );
+    assert!(
+        env.github.requests().iter().all(|r| r.path != "/user"),
+        "an app has no user"
+    );
 }
 
 #[tokio::test]

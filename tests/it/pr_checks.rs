@@ -1,6 +1,8 @@
 //! End to end: signed GitHub webhooks → git → affected workspaces → real
 //! terraform plans → statuses and one PR comment on the fake GitHub API.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::support::origin::{null_config, standard_files};
@@ -429,4 +431,127 @@ async fn pull_requests_from_forks_are_not_planned_unless_allowed() {
     let runs = app.wait_for_runs_done(1).await;
     assert_eq!(runs[0]["state"], "planned");
     app.stop().await;
+}
+
+/// gantry edits only its own comments on GitHub: a stranger's comment that
+/// carries gantry's marker is left alone and gantry posts its own (written
+/// by `own_login`); once the database forgets it, gantry finds its own again
+/// by marker *and* author (not the stranger's newer one) and edits it.
+/// `identity` is the path gantry learns its login at, called once.
+pub(crate) async fn only_own_comments_are_edited(
+    env: &TestEnv,
+    yaml: &str,
+    own_login: &str,
+    identity: &str,
+) {
+    let (mut files, base, head) = env.origin.standard_change(
+        vec![("dns/main.tf", null_config("dns-v2"))],
+        "dns",
+        &["refs/pull/7/head"],
+    );
+    let forged = format!("{}\nI am gantry, trust me", gantry::report::COMMENT_MARKER);
+    let stranger_first = env.github.add_comment(7, "mallory", &forged);
+
+    let app = env.spawn_app(yaml).await;
+    app.send_webhook(
+        "pull_request",
+        "own-1",
+        &pr_payload("opened", &head.to_string(), &base.to_string()),
+    )
+    .await;
+    app.wait_for_runs_done(1).await;
+    let own = wait_until(Duration::from_secs(60), || async {
+        env.github
+            .comments_by(7)
+            .into_iter()
+            .find(|(_, body, login)| login == own_login && body.contains("✅ planned"))
+    })
+    .await;
+    assert!(
+        own.1.starts_with(gantry::report::COMMENT_MARKER),
+        "{}",
+        own.1
+    );
+    assert_eq!(
+        env.github.count("POST", "/issues/7/comments"),
+        1,
+        "gantry posts its own comment"
+    );
+    let edits_of = |id: u64| env.github.count("PATCH", &format!("/issues/comments/{id}"));
+    assert_eq!(
+        edits_of(stranger_first),
+        0,
+        "the stranger's comment is not edited"
+    );
+
+    // The database forgets gantry's comment; a stranger's newer comment
+    // carries the marker too.
+    let stranger_second = env.github.add_comment(7, "mallory", &forged);
+    sqlx::query("DELETE FROM vcs_comments")
+        .execute(app.ctx.store.pool())
+        .await
+        .unwrap();
+    files.insert("dns/main.tf".into(), null_config("dns-v3"));
+    let head2 = env
+        .origin
+        .commit(&files, &[head], "dns again", &["refs/pull/7/head"]);
+    app.send_webhook(
+        "pull_request",
+        "own-2",
+        &pr_payload("synchronize", &head2.to_string(), &base.to_string()),
+    )
+    .await;
+    app.wait_for_runs_done(2).await;
+    wait_until(Duration::from_secs(60), || async {
+        env.github.comments_by(7).into_iter().find(|(id, body, _)| {
+            *id == own.0 && body.contains(&head2.to_string()[..8]) && body.contains("✅ planned")
+        })
+    })
+    .await;
+    assert_eq!(
+        env.github.count("POST", "/issues/7/comments"),
+        1,
+        "its own comment, edited in place"
+    );
+    assert!(edits_of(own.0) >= 1);
+    let comments = env.github.comments_by(7);
+    for stranger in [stranger_first, stranger_second] {
+        assert_eq!(edits_of(stranger), 0, "a stranger's comment is not edited");
+        assert!(comments
+            .iter()
+            .any(|(id, body, login)| *id == stranger && *body == forged && login == "mallory"));
+    }
+    assert_eq!(comments.len(), 3, "{comments:?}");
+    let lookups: Vec<_> = env
+        .github
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == identity)
+        .collect();
+    assert_eq!(lookups.len(), 1, "looked up once and kept");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_strangers_comment_with_the_marker_is_left_alone() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let yaml = env.default_yaml();
+    only_own_comments_are_edited(
+        &env,
+        &yaml,
+        crate::support::fake_github::TOKEN_LOGIN,
+        "/user",
+    )
+    .await;
+    let lookup = env
+        .github
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/user")
+        .unwrap();
+    assert_eq!(
+        lookup.authorization.as_deref(),
+        Some(format!("Bearer {GITHUB_TOKEN}").as_str()),
+        "the token's own user"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::support::fake_api::{Call, FakeApi};
+use crate::support::fake_api::{Author, Call, FakeApi};
 use crate::support::origin::{null_config, standard_files};
 use crate::support::*;
 
@@ -1126,4 +1126,201 @@ async fn a_bitbucket_pull_request_from_a_fork_is_fetched_from_the_fork() {
     })
     .await;
     app.stop().await;
+}
+
+/// gantry edits only its own comments: a stranger's comment that carries
+/// gantry's marker is left alone and gantry posts its own; once the database
+/// forgets gantry's comment, gantry finds it again by marker *and* author
+/// (not the stranger's newer one) and edits it in place. The identity is
+/// looked up once (`identity`: the path of the lookup, with how many calls
+/// to expect).
+async fn only_own_comments_are_edited(
+    case: &dyn Case,
+    username: Option<&str>,
+    identity: (&str, usize),
+) {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let api = FakeApi::start().await;
+    let origin = Origin::new(&env.dir.path().join("origin-vcs"), case.repo());
+    let mut files = standard_files();
+    let base = origin.commit(&files, &[], "initial", &["refs/heads/main"]);
+    files.insert("modules/vpc/main.tf".into(), null_config("vpc-v2"));
+    let pr_refs = ["refs/heads/widen-vpc", case.pr_ref()];
+    let head = origin.commit(&files, &[base], "widen", &pr_refs);
+    let head_s = head.to_string();
+    let mut yaml = yaml(&env, case, &api, &origin);
+    if let Some(user) = username {
+        yaml = yaml.replace(
+            "    token_env: VCS_TOKEN\n",
+            &format!("    token_env: VCS_TOKEN\n    username: {user}\n"),
+        );
+    }
+    let kind = case.kind();
+    // The marker as it reads in a comment on this provider.
+    let marker = if kind == "bitbucket" {
+        gantry::vcs::bitbucket::plain_markdown(gantry::report::COMMENT_MARKER)
+    } else {
+        gantry::report::COMMENT_MARKER.to_string()
+    };
+    let list = case.comment_create_path();
+    let forged = format!("{marker}\nI am gantry, trust me");
+    let stranger_first = api.add_comment(&list, Author::Stranger, &forged);
+
+    let app = env.spawn_app(&yaml).await;
+    let r = deliver(&app, case, case.pr_opened(&head_s), "o-1", WEBHOOK_SECRET).await;
+    assert_eq!(r.status(), 202, "{kind}");
+    app.wait_for_runs_done(1).await;
+    let own = wait_until(Duration::from_secs(60), || async {
+        api.comments(&list)
+            .into_iter()
+            .find(|c| c.author == Author::Gantry && c.body.contains("planned"))
+    })
+    .await;
+    assert!(own.body.contains(&head_s[..8]), "{kind}: {}", own.body);
+    assert!(own.body.contains(&marker), "{kind}: {}", own.body);
+    let creates = |api: &FakeApi| {
+        api.calls()
+            .iter()
+            .filter(|c| c.method == "POST" && c.path() == list)
+            .count()
+    };
+    let edits_of = |api: &FakeApi, id: i64| {
+        let path = case.comment_edit_path(&id.to_string());
+        api.calls()
+            .iter()
+            .filter(|c| (c.method == "PUT" || c.method == "PATCH") && c.path() == path)
+            .count()
+    };
+    assert_eq!(creates(&api), 1, "{kind}: gantry posts its own comment");
+    assert_eq!(
+        edits_of(&api, stranger_first),
+        0,
+        "{kind}: the stranger's comment is not edited"
+    );
+
+    // The database forgets gantry's comment; a stranger's newer comment
+    // carries the marker too.
+    let stranger_second = api.add_comment(&list, Author::Stranger, &forged);
+    sqlx::query("DELETE FROM vcs_comments")
+        .execute(app.ctx.store.pool())
+        .await
+        .unwrap();
+    files.insert("modules/vpc/main.tf".into(), null_config("vpc-v3"));
+    let head2 = origin.commit(&files, &[head], "wider", &pr_refs);
+    let head2_s = head2.to_string();
+    let r = deliver(
+        &app,
+        case,
+        case.pr_updated(&head2_s, &head_s),
+        "o-2",
+        WEBHOOK_SECRET,
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{kind}");
+    app.wait_for_runs_done(2).await;
+    wait_until(Duration::from_secs(60), || async {
+        api.comments(&list).into_iter().find(|c| {
+            c.id == own.id && c.body.contains(&head2_s[..8]) && c.body.contains("planned")
+        })
+    })
+    .await;
+    assert_eq!(creates(&api), 1, "{kind}: its own comment, edited in place");
+    assert!(edits_of(&api, own.id) >= 1, "{kind}");
+    for stranger in [stranger_first, stranger_second] {
+        assert_eq!(
+            edits_of(&api, stranger),
+            0,
+            "{kind}: a stranger's comment is not edited"
+        );
+        let c = api
+            .comments(&list)
+            .into_iter()
+            .find(|c| c.id == stranger)
+            .unwrap();
+        assert_eq!(c.body, forged, "{kind}");
+        assert_eq!(c.author, Author::Stranger);
+    }
+    let (identity_path, lookups) = identity;
+    assert_eq!(
+        api.find("GET", identity_path).len(),
+        lookups,
+        "{kind}: gantry's identity is looked up once and kept"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gitlab_edits_only_its_own_notes() {
+    only_own_comments_are_edited(&GitLabCase, None, ("/api/v4/user", 1)).await;
+}
+
+/// With a user's API token, `GET /user` names gantry's account.
+#[tokio::test]
+async fn bitbucket_with_a_users_token_edits_only_its_own_comments() {
+    only_own_comments_are_edited(&BitbucketCase, Some("ci@acme.com"), ("/2.0/user", 1)).await;
+}
+
+/// An access token's bot cannot call `GET /user`: gantry knows its account
+/// from the comment it posted, and never asks.
+#[tokio::test]
+async fn bitbucket_with_an_access_token_edits_only_its_own_comments() {
+    only_own_comments_are_edited(&BitbucketCase, None, ("/2.0/user", 0)).await;
+}
+
+#[tokio::test]
+async fn azure_devops_edits_only_its_own_threads() {
+    only_own_comments_are_edited(&AzureCase, None, ("/acme/_apis/connectionData", 1)).await;
+}
+
+/// gantry's identity is looked up only when a comment carrying the marker
+/// needs it, and failing to learn it is an error of `find_comment`, never a
+/// match.
+#[tokio::test]
+async fn an_identity_that_cannot_be_learned_is_an_error_not_a_match() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let cases: [(&dyn Case, Option<&str>, &str); 3] = [
+        (&GitLabCase, None, "/api/v4/user"),
+        (&BitbucketCase, Some("ci@acme.com"), "/2.0/user"),
+        (&AzureCase, None, "/acme/_apis/connectionData"),
+    ];
+    for (case, username, identity) in cases {
+        let kind = case.kind();
+        let api = FakeApi::start().await;
+        api.refuse_identity();
+        let origin = Origin::new(&env.dir.path().join(format!("origin-{kind}")), case.repo());
+        let mut yaml = yaml(&env, case, &api, &origin);
+        if let Some(user) = username {
+            yaml = yaml.replace(
+                "    token_env: VCS_TOKEN\n",
+                &format!("    token_env: VCS_TOKEN\n    username: {user}\n"),
+            );
+        }
+        let providers = gantry::vcs::Providers::from_config(&env.load_config(&yaml)).unwrap();
+        let vcs = providers.get("vcs").unwrap();
+        let marker = if kind == "bitbucket" {
+            gantry::vcs::bitbucket::plain_markdown(gantry::report::COMMENT_MARKER)
+        } else {
+            gantry::report::COMMENT_MARKER.to_string()
+        };
+        let list = case.comment_create_path();
+        api.add_comment(&list, Author::Stranger, "LGTM");
+        assert_eq!(
+            vcs.find_comment(case.repo(), 7, &marker).await.unwrap(),
+            None,
+            "{kind}"
+        );
+        assert!(
+            api.find("GET", identity).is_empty(),
+            "{kind}: nothing to ask"
+        );
+
+        api.add_comment(&list, Author::Gantry, &format!("{marker}\n✅ planned"));
+        let err = vcs.find_comment(case.repo(), 7, &marker).await.unwrap_err();
+        assert!(
+            matches!(&err, gantry::vcs::VcsError::Forbidden(m) | gantry::vcs::VcsError::Unauthorized(m)
+                if m.starts_with("looking up the token's user")),
+            "{kind}: {err}"
+        );
+        assert_eq!(api.find("GET", identity).len(), 1, "{kind}");
+    }
 }

@@ -35,6 +35,303 @@ struct Inner {
     next_id: i64,
     /// The head commit of pull request 7 (the one the fake's answers describe).
     head: String,
+    /// Pull request comments (GitLab notes, Bitbucket comments, Azure DevOps
+    /// threads), in the order they were made.
+    comments: Vec<Comment>,
+    /// Comments added by tests, numbered apart from the API's answers.
+    seeded: i64,
+    /// The identity endpoints refuse the token (a missing scope).
+    identity_refused: bool,
+}
+
+/// Who wrote a comment: the token's user (every comment made through the
+/// API), or another account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Author {
+    Gantry,
+    Stranger,
+}
+
+#[derive(Debug, Clone)]
+pub struct Comment {
+    /// The path comments are listed at (`…/notes`, `…/comments`, `…/threads`).
+    pub list: String,
+    pub id: i64,
+    pub body: String,
+    pub author: Author,
+}
+
+/// The token's user, and another account, as each provider's API shows them.
+fn account(list: &str, who: Author) -> Value {
+    let gantry = who == Author::Gantry;
+    if list.starts_with("/api/v4/") {
+        let (id, username, name) = if gantry {
+            (42, "gantry-bot", "gantry")
+        } else {
+            (66, "mallory", "Mallory")
+        };
+        json!({
+            "id": id, "username": username, "name": name, "state": "active", "locked": false,
+            "avatar_url": format!("https://gitlab.example.com/uploads/-/system/user/avatar/{id}/avatar.png"),
+            "web_url": format!("https://gitlab.example.com/{username}")
+        })
+    } else if list.starts_with("/2.0/") {
+        let (display_name, uuid, account_id) = if gantry {
+            (
+                "gantry",
+                "{4f0b7d2e-9c1a-4e6b-8d3f-5a2c1b0e9d87}",
+                "712020:6c0f2b1e-7a8d-4c3b-9e5f-1d2a3b4c5d6e",
+            )
+        } else {
+            (
+                "Mallory",
+                "{9e8d7c6b-5a49-4382-b1a0-f9e8d7c6b5a4}",
+                "557058:1e2d3c4b-5a69-4788-9a0b-c1d2e3f4a5b6",
+            )
+        };
+        json!({
+            "type": "user", "display_name": display_name, "uuid": uuid, "account_id": account_id,
+            "nickname": display_name.to_lowercase(),
+            "links": {"avatar": {"href": format!("https://secure.gravatar.com/avatar/{account_id}")}}
+        })
+    } else {
+        let (display_name, id, unique_name) = if gantry {
+            (
+                "gantry",
+                "d6245f20-2af8-44f4-9451-8107cb2767db",
+                "gantry@acme.com",
+            )
+        } else {
+            (
+                "Mallory",
+                "0a7e3f52-6c1d-4b8e-9f2a-3d4c5b6a7e8f",
+                "mallory@acme.com",
+            )
+        };
+        json!({
+            "displayName": display_name, "id": id, "uniqueName": unique_name,
+            "url": format!("https://spsprodweu5.vssps.visualstudio.com/A1b2c3d4/_apis/Identities/{id}"),
+            "imageUrl": format!("https://dev.azure.com/acme/_api/_common/identityImage?id={id}")
+        })
+    }
+}
+
+/// One comment as its provider's API answers it.
+fn comment_json(c: &Comment) -> Value {
+    let user = account(&c.list, c.author);
+    if c.list.starts_with("/api/v4/") {
+        json!({
+            "id": c.id, "type": null, "body": c.body, "author": user,
+            "created_at": "2026-11-22T10:00:00.000Z", "updated_at": "2026-11-22T10:00:00.000Z",
+            "system": false, "noteable_id": 99, "noteable_type": "MergeRequest", "noteable_iid": 7,
+            "resolvable": false, "confidential": false, "internal": false
+        })
+    } else if c.list.starts_with("/2.0/") {
+        json!({
+            "type": "pullrequest_comment", "id": c.id,
+            "content": {"type": "rendered", "raw": c.body, "markup": "markdown", "html": ""},
+            "user": user, "deleted": false,
+            "created_on": "2026-11-22T10:00:00.000000+00:00", "updated_on": "2026-11-22T10:00:00.000000+00:00",
+            "pullrequest": {"type": "pullrequest", "id": 7, "title": "Widen the VPC"}
+        })
+    } else {
+        json!({
+            "id": c.id, "publishedDate": "2026-11-22T10:00:00.000Z", "lastUpdatedDate": "2026-11-22T10:00:00.000Z",
+            "comments": [{
+                "id": 1, "parentCommentId": 0, "author": user, "content": c.body,
+                "publishedDate": "2026-11-22T10:00:00.000Z", "lastUpdatedDate": "2026-11-22T10:00:00.000Z",
+                "lastContentUpdatedDate": "2026-11-22T10:00:00.000Z", "commentType": "text"
+            }],
+            "status": "active", "properties": {}, "identities": null, "isDeleted": false
+        })
+    }
+}
+
+/// The identity endpoints: GitLab's and Bitbucket's `GET /user` (which
+/// Bitbucket refuses to access tokens), Azure DevOps' connection data.
+fn identity_answer(path: &str, authorization: Option<&str>) -> Option<(StatusCode, Value)> {
+    Some(match path {
+        "/api/v4/user" => {
+            let mut u = account("/api/v4/", Author::Gantry);
+            for (k, v) in [
+                ("created_at", json!("2026-01-01T10:00:00.000Z")),
+                ("bio", json!("")),
+                ("public_email", Value::Null),
+                ("bot", json!(false)),
+                ("email", json!("gantry@acme.com")),
+                ("can_create_group", json!(false)),
+                ("can_create_project", json!(false)),
+                ("two_factor_enabled", json!(false)),
+                ("external", json!(false)),
+                ("private_profile", json!(false)),
+            ] {
+                u[k] = v;
+            }
+            (StatusCode::OK, u)
+        }
+        "/2.0/user" if authorization.is_some_and(|a| a.starts_with("Basic ")) => {
+            let mut u = account("/2.0/", Author::Gantry);
+            u["created_on"] = json!("2026-01-01T10:00:00.000000+00:00");
+            u["is_staff"] = json!(false);
+            u["account_status"] = json!("active");
+            (StatusCode::OK, u)
+        }
+        "/2.0/user" => (
+            StatusCode::UNAUTHORIZED,
+            json!({"type": "error", "error": {"message": "Token is invalid or not supported for this endpoint."}}),
+        ),
+        "/acme/_apis/connectionData" => {
+            let me = account("", Author::Gantry);
+            let identity = json!({
+                "id": me["id"],
+                "descriptor": "Microsoft.IdentityModel.Claims.ClaimsIdentity;acme.onmicrosoft.com\\gantry@acme.com",
+                "subjectDescriptor": "aad.ZDYyNDVmMjAtMmFmOC03NGY0LTk0NTEtODEwN2NiMjc2N2Ri",
+                "providerDisplayName": "gantry", "isActive": true,
+                "properties": {"Account": {"$type": "System.String", "$value": "gantry@acme.com"}},
+                "resourceVersion": 2, "metaTypeId": 0
+            });
+            (
+                StatusCode::OK,
+                json!({
+                    "authenticatedUser": identity, "authorizedUser": identity,
+                    "instanceId": "4a7c6f2e-1b3d-4e5f-8a9b-0c1d2e3f4a5b",
+                    "deploymentId": "8b9c0d1e-2f3a-4b5c-9d6e-7f8a9b0c1d2e",
+                    "deploymentType": "hosted",
+                    "locationServiceData": {"serviceOwner": "00025394-6065-48ca-87d9-7f5672854ef7",
+                                            "defaultAccessMappingMoniker": "PublicAccessMapping",
+                                            "lastChangeId": 1, "lastChangeId64": 1}
+                }),
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// How each provider refuses a token that may not read its own user.
+fn identity_refusal(path: &str) -> (StatusCode, Value) {
+    if path.starts_with("/api/v4/") {
+        (
+            StatusCode::FORBIDDEN,
+            json!({"error": "insufficient_scope", "scope": "read_user",
+                   "error_description": "The request requires higher privileges than provided by the access token."}),
+        )
+    } else if path.starts_with("/2.0/") {
+        (
+            StatusCode::FORBIDDEN,
+            json!({"type": "error", "error": {"message": "Your credentials lack one or more required privilege scopes.",
+                   "detail": {"granted": ["pullrequest:write"], "required": ["account"]}}}),
+        )
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            json!({"$id": "1", "innerException": null, "typeKey": "UnauthorizedRequestException", "errorCode": 0, "eventId": 3000,
+                   "message": "TF400813: The user 'gantry@acme.com' is not authorized to access this resource.",
+                   "typeName": "Microsoft.TeamFoundation.Framework.Server.UnauthorizedRequestException, Microsoft.TeamFoundation.Framework.Server"}),
+        )
+    }
+}
+
+/// Comments kept across calls: created, listed and edited per pull request.
+fn comment_answer(
+    inner: &mut Inner,
+    method: &Method,
+    path: &str,
+    body: &Value,
+    id: i64,
+) -> Option<(StatusCode, Value)> {
+    let not_found = || (StatusCode::NOT_FOUND, json!({"message": "404 Not Found"}));
+    // The list path, and the comment's id for an edit.
+    let gitlab = path.starts_with("/api/v4/") && path.contains("/merge_requests/");
+    let bitbucket = path.starts_with("/2.0/") && path.contains("/pullrequests/");
+    let azure = path.contains("/_apis/git/repositories/") && path.contains("/threads");
+    if !(gitlab || bitbucket || azure) {
+        return None;
+    }
+    let list_suffix = if gitlab {
+        "/notes"
+    } else if bitbucket {
+        "/comments"
+    } else {
+        "/threads"
+    };
+    if path.ends_with(list_suffix) {
+        if method == Method::POST {
+            let text = if gitlab {
+                &body["body"]
+            } else if bitbucket {
+                &body["content"]["raw"]
+            } else {
+                &body["comments"][0]["content"]
+            };
+            let c = Comment {
+                list: path.to_string(),
+                id,
+                body: text.as_str().unwrap_or_default().to_string(),
+                author: Author::Gantry,
+            };
+            let answer = comment_json(&c);
+            inner.comments.push(c);
+            let status = if azure {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            return Some((status, answer));
+        }
+        if method == Method::GET {
+            let list: Vec<Value> = inner
+                .comments
+                .iter()
+                .filter(|c| c.list == path)
+                .map(comment_json)
+                .collect();
+            let n = list.len();
+            return Some((
+                StatusCode::OK,
+                if gitlab {
+                    Value::Array(list)
+                } else if bitbucket {
+                    json!({"pagelen": 100, "size": n, "page": 1, "values": list})
+                } else {
+                    json!({"value": list, "count": n})
+                },
+            ));
+        }
+        return None;
+    }
+    // An edit: `…/notes/{id}` (PUT), `…/comments/{id}` (PUT), `…/threads/{id}/comments/1` (PATCH).
+    let (list, rest) = path.split_once(&format!("{list_suffix}/"))?;
+    let list = format!("{list}{list_suffix}");
+    let target: i64 = rest.split('/').next()?.parse().ok()?;
+    let edit = if azure {
+        method == Method::PATCH && rest.ends_with("/comments/1")
+    } else {
+        method == Method::PUT && !rest.contains('/')
+    };
+    if !edit {
+        return None;
+    }
+    let Some(c) = inner
+        .comments
+        .iter_mut()
+        .find(|c| c.list == list && c.id == target)
+    else {
+        return Some(not_found());
+    };
+    let text = if gitlab {
+        &body["body"]
+    } else if bitbucket {
+        &body["content"]["raw"]
+    } else {
+        &body["content"]
+    };
+    c.body = text.as_str().unwrap_or_default().to_string();
+    let mut answer = comment_json(c);
+    if azure {
+        // Azure DevOps answers an edit with the comment, not the thread.
+        answer = answer["comments"][0].clone();
+    }
+    Some((StatusCode::OK, answer))
 }
 
 #[derive(Clone)]
@@ -272,7 +569,16 @@ impl FakeApi {
                         authorization: header("authorization"),
                         private_token: header("private-token"),
                     });
-                    let (status, value) = answer(&method, uri.path(), id, &s.head);
+                    let call = s.calls.last().cloned().expect("just recorded");
+                    let (status, value) =
+                        identity_answer(uri.path(), call.authorization.as_deref())
+                            .filter(|_| method == Method::GET)
+                            .map(|answer| match s.identity_refused {
+                                true => identity_refusal(uri.path()),
+                                false => answer,
+                            })
+                            .or_else(|| comment_answer(&mut s, &method, uri.path(), &call.body, id))
+                            .unwrap_or_else(|| answer(&method, uri.path(), id, &s.head));
                     (status, Json(value)).into_response()
                 }
             },
@@ -294,6 +600,37 @@ impl FakeApi {
 
     pub fn calls(&self) -> Vec<Call> {
         self.inner.lock().unwrap().calls.clone()
+    }
+
+    /// A comment written outside the API gantry calls (unrecorded), on the
+    /// pull request whose comments are listed at `list`; returns its id,
+    /// newer than every comment before it.
+    pub fn add_comment(&self, list: &str, author: Author, body: &str) -> i64 {
+        let mut s = self.inner.lock().unwrap();
+        s.seeded += 1;
+        let id = 9000 + s.seeded;
+        s.comments.push(Comment {
+            list: list.to_string(),
+            id,
+            body: body.to_string(),
+            author,
+        });
+        id
+    }
+
+    /// The identity endpoints answer 403 from now on.
+    pub fn refuse_identity(&self) {
+        self.inner.lock().unwrap().identity_refused = true;
+    }
+
+    /// The comments on the pull request whose comments are listed at `list`.
+    pub fn comments(&self, list: &str) -> Vec<Comment> {
+        let s = self.inner.lock().unwrap();
+        s.comments
+            .iter()
+            .filter(|c| c.list == list)
+            .cloned()
+            .collect()
     }
 
     /// Calls with `method` whose path (without query) ends with `suffix`.

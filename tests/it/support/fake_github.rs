@@ -23,8 +23,8 @@ pub struct Recorded {
 #[derive(Default)]
 struct State_ {
     requests: Vec<Recorded>,
-    /// comment id → (pr number, body)
-    comments: BTreeMap<u64, (u64, String)>,
+    /// comment id → (pr number, body, author's login)
+    comments: BTreeMap<u64, (u64, String, String)>,
     next_id: u64,
     /// merge commit sha → pull request number
     commit_prs: BTreeMap<String, u64>,
@@ -74,16 +74,103 @@ fn user() -> Value {
     })
 }
 
-fn comment_json(owner: &str, repo: &str, id: u64, pr: u64, body: &str) -> Value {
+/// The login the token's user (`GET /user`) has.
+pub const TOKEN_LOGIN: &str = "gantry-bot";
+/// The slug of the GitHub App (`GET /app`), and the login of its bot.
+pub const APP_SLUG: &str = "gantry";
+pub const APP_BOT_LOGIN: &str = "gantry[bot]";
+
+/// The GitHub App as `GET /app` describes it.
+fn app() -> Value {
+    json!({
+        "id": 12345, "slug": APP_SLUG, "node_id": "MDExOkludGVncmF0aW9uMTIzNDU=",
+        "client_id": "Iv1.8a61f9b3a7aba766", "owner": user(), "name": "gantry",
+        "description": "Terraform plans and applies for pull requests",
+        "external_url": "https://gantry.test", "html_url": "https://github.com/apps/gantry",
+        "created_at": "2026-11-01T10:00:00Z", "updated_at": "2026-11-01T10:00:00Z",
+        "permissions": {"checks": "write", "contents": "read", "metadata": "read", "pull_requests": "write", "statuses": "write"},
+        "events": ["pull_request", "push"], "installations_count": 1
+    })
+}
+
+/// The account `login` as comments show it: the app's bot for its comments
+/// (`type: Bot`), a user otherwise.
+fn author(login: &str) -> Value {
+    let mut u = user();
+    u["login"] = json!(login);
+    u["url"] = json!(format!("https://api.github.com/users/{login}"));
+    u["html_url"] = json!(format!("https://github.com/{login}"));
+    if login == APP_BOT_LOGIN {
+        u["id"] = json!(41_898_282);
+        u["type"] = json!("Bot");
+        u["html_url"] = json!(format!("https://github.com/apps/{APP_SLUG}"));
+    } else if login != TOKEN_LOGIN {
+        u["id"] = json!(583_231);
+        u["type"] = json!("User");
+    }
+    u
+}
+
+fn comment_json(owner: &str, repo: &str, id: u64, pr: u64, body: &str, login: &str) -> Value {
     json!({
         "id": id, "node_id": "MDEyOklzc3VlQ29tbWVudDE=",
         "url": format!("https://api.github.com/repos/{owner}/{repo}/issues/comments/{id}"),
         "html_url": format!("https://github.com/{owner}/{repo}/pull/{pr}#issuecomment-{id}"),
-        "body": body, "user": user(),
+        "body": body, "user": author(login),
         "created_at": "2026-11-22T10:00:00Z", "updated_at": "2026-11-22T10:00:00Z",
         "issue_url": format!("https://api.github.com/repos/{owner}/{repo}/issues/{pr}"),
-        "author_association": "NONE"
+        "author_association": if login == APP_BOT_LOGIN { "NONE" } else { "MEMBER" },
+        "performed_via_github_app": if login == APP_BOT_LOGIN { app() } else { Value::Null }
     })
+}
+
+/// Who a request's credentials act as: the app's bot with an installation
+/// token, the token's user otherwise.
+fn caller(headers: &HeaderMap) -> &'static str {
+    let installation = format!("Bearer {INSTALLATION_TOKEN}");
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(a) if a == installation => APP_BOT_LOGIN,
+        _ => TOKEN_LOGIN,
+    }
+}
+
+async fn authenticated_user(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    record(&state, &method, &uri, &headers, &Value::Null);
+    let mut u = author(TOKEN_LOGIN);
+    for (k, v) in [
+        ("name", json!("gantry")),
+        ("company", Value::Null),
+        ("blog", json!("")),
+        ("location", Value::Null),
+        ("email", Value::Null),
+        ("hireable", Value::Null),
+        ("bio", Value::Null),
+        ("twitter_username", Value::Null),
+        ("public_repos", json!(0)),
+        ("public_gists", json!(0)),
+        ("followers", json!(0)),
+        ("following", json!(0)),
+        ("created_at", json!("2026-01-01T10:00:00Z")),
+        ("updated_at", json!("2026-11-01T10:00:00Z")),
+    ] {
+        u[k] = v;
+    }
+    Json(u)
+}
+
+async fn authenticated_app(
+    State(state): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    record(&state, &method, &uri, &headers, &Value::Null);
+    Json(app())
 }
 
 async fn create_status(
@@ -125,16 +212,17 @@ async fn create_comment(
 ) -> impl IntoResponse {
     record(&state, &method, &uri, &headers, &body);
     let text = body["body"].as_str().unwrap_or_default().to_string();
+    let login = caller(&headers);
     let id = {
         let mut s = state.lock().unwrap();
         s.next_id += 1;
         let id = 1000 + s.next_id;
-        s.comments.insert(id, (pr, text.clone()));
+        s.comments.insert(id, (pr, text.clone(), login.to_string()));
         id
     };
     (
         StatusCode::CREATED,
-        Json(comment_json(&owner, &repo, id, pr, &text)),
+        Json(comment_json(&owner, &repo, id, pr, &text, login)),
     )
 }
 
@@ -150,10 +238,10 @@ async fn edit_comment(
     let text = body["body"].as_str().unwrap_or_default().to_string();
     let mut s = state.lock().unwrap();
     match s.comments.get_mut(&id) {
-        Some((pr, b)) => {
+        Some((pr, b, login)) => {
             *b = text.clone();
-            let pr = *pr;
-            (StatusCode::OK, Json(comment_json(&owner, &repo, id, pr, &text))).into_response()
+            let json = comment_json(&owner, &repo, id, *pr, &text, login);
+            (StatusCode::OK, Json(json)).into_response()
         }
         None => (
             StatusCode::NOT_FOUND,
@@ -175,8 +263,8 @@ async fn list_comments(
     let list: Vec<Value> = s
         .comments
         .iter()
-        .filter(|(_, (p, _))| *p == pr)
-        .map(|(id, (p, b))| comment_json(&owner, &repo, *id, *p, b))
+        .filter(|(_, (p, _, _))| *p == pr)
+        .map(|(id, (p, b, login))| comment_json(&owner, &repo, *id, *p, b, login))
         .collect();
     Json(Value::Array(list))
 }
@@ -413,6 +501,8 @@ impl FakeGitHub {
                 get(commit_pulls),
             )
             .route("/app/installations/{id}/access_tokens", post(access_token))
+            .route("/user", get(authenticated_user))
+            .route("/app", get(authenticated_app))
             .route("/repos/{owner}/{repo}/pulls/{pr}", get(get_pull))
             .route("/repos/{owner}/{repo}/issues", post(create_issue))
             .route("/repos/{owner}/{repo}/issues/{number}", patch(edit_issue))
@@ -451,12 +541,31 @@ impl FakeGitHub {
 
     /// Comment bodies currently on a pull request.
     pub fn comments(&self, pr: u64) -> Vec<(u64, String)> {
+        self.comments_by(pr)
+            .into_iter()
+            .map(|(id, b, _)| (id, b))
+            .collect()
+    }
+
+    /// Comments currently on a pull request: id, body, author's login.
+    pub fn comments_by(&self, pr: u64) -> Vec<(u64, String, String)> {
         let s = self.state.lock().unwrap();
         s.comments
             .iter()
-            .filter(|(_, (p, _))| *p == pr)
-            .map(|(id, (_, b))| (*id, b.clone()))
+            .filter(|(_, (p, _, _))| *p == pr)
+            .map(|(id, (_, b, login))| (*id, b.clone(), login.clone()))
             .collect()
+    }
+
+    /// A comment `login` wrote on pull request `pr` (not through the API
+    /// gantry calls, so unrecorded); returns its id.
+    pub fn add_comment(&self, pr: u64, login: &str, body: &str) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        s.next_id += 1;
+        let id = 1000 + s.next_id;
+        s.comments
+            .insert(id, (pr, body.to_string(), login.to_string()));
+        id
     }
 
     pub fn count(&self, method: &str, path_contains: &str) -> usize {
