@@ -50,22 +50,22 @@ fn bare_terraform(env: &TestEnv, round: usize, show: bool) -> Duration {
     start.elapsed()
 }
 
-#[tokio::main]
-async fn main() {
-    if std::env::args().any(|a| a == "--list") {
-        return;
-    }
+/// Median webhook-to-final-status time of a PR check, with the sandbox on or off.
+async fn daemon_rounds(sandbox: bool) -> Duration {
     let env = TestEnv::new(&Db::Sqlite).await;
     let mut files = standard_files();
     let base = env
         .origin
         .commit(&files, &[], "initial", &["refs/heads/main"]);
-    let yaml = env.config_yaml(
+    let mut yaml = env.config_yaml(
         TestEnv::standard_workspaces(),
         4,
         "127.0.0.1:0",
         &terraform_bin(),
     );
+    if !sandbox {
+        yaml = yaml.replace("runner:\n", "runner:\n  sandbox: \"off\"\n");
+    }
     let app = env.spawn_app(&yaml).await;
 
     // Warm-up: fills the mirror and the plugin cache, like a daemon that has run before.
@@ -97,11 +97,64 @@ async fn main() {
             daemon.push(start.elapsed());
         }
     }
+    app.stop().await;
+    median(daemon)
+}
+
+/// Median time to start and finish one `terraform version`, bare and through
+/// the sandbox: the sandbox's cost per terraform process.
+async fn per_process(env: &TestEnv) -> (Duration, Duration) {
+    let config = env.load_config(&env.default_yaml());
+    let sandbox = gantry::app::sandbox_for(&config, &test_env_lookup)
+        .await
+        .unwrap()
+        .expect("the sandbox is on");
+    let bin = std::path::PathBuf::from(terraform_bin());
+    let confinement = gantry::runner::sandbox::Confinement::default();
+    let mut bare = Vec::new();
+    let mut boxed = Vec::new();
+    for _ in 0..(ROUNDS * 3) {
+        let start = Instant::now();
+        let out = tokio::process::Command::new(&bin)
+            .arg("version")
+            .env_clear()
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        bare.push(start.elapsed());
+        let start = Instant::now();
+        let out = sandbox
+            .command(&bin, &["version"], &confinement)
+            .env_clear()
+            .current_dir("/")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        boxed.push(start.elapsed());
+    }
+    (median(bare), median(boxed))
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let daemon = daemon_rounds(true).await;
+    let daemon_off = daemon_rounds(false).await;
+    let (process_bare, process_boxed) = per_process(&env).await;
     let bare: Vec<Duration> = (0..ROUNDS)
         .map(|r| bare_terraform(&env, r, false))
         .collect();
     let bare_show: Vec<Duration> = (0..ROUNDS).map(|r| bare_terraform(&env, r, true)).collect();
-    let (bare, bare_show, daemon) = (median(bare), median(bare_show), median(daemon));
+    let (bare, bare_show) = (median(bare), median(bare_show));
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
         "pr-check benchmark ({ROUNDS} rounds, medians, one null_resource workspace, warm mirror)"
@@ -115,8 +168,12 @@ async fn main() {
         ms(bare_show)
     );
     println!(
-        "  daemon webhook -> final status:          {:>7.1} ms",
+        "  daemon webhook -> final status, sandbox on:  {:>7.1} ms",
         ms(daemon)
+    );
+    println!(
+        "  daemon webhook -> final status, sandbox off: {:>7.1} ms",
+        ms(daemon_off)
     );
     println!(
         "  daemon overhead vs init + plan:          {:>7.1} ms  (goal: < 150 ms)",
@@ -126,5 +183,10 @@ async fn main() {
         "  gantry's own share (vs init+plan+show):  {:>7.1} ms",
         ms(daemon) - ms(bare_show)
     );
-    app.stop().await;
+    println!(
+        "  one terraform process, bare / sandboxed: {:>7.1} ms / {:.1} ms  (sandbox cost {:.1} ms; goal: <= 5 ms)",
+        ms(process_bare),
+        ms(process_boxed),
+        ms(process_boxed) - ms(process_bare)
+    );
 }

@@ -172,6 +172,8 @@ pub struct RunView {
     updated_at: String,
     plan: Option<PlanSummary>,
     planned_at: Option<String>,
+    /// sha256 of the saved plan file, checked before any apply.
+    plan_sha256: Option<String>,
     apply_requested_by: Option<String>,
     cost_estimate: Option<crate::cost::CostEstimate>,
     policy_results: Option<Vec<crate::policy::groups::PolicyCheck>>,
@@ -199,6 +201,7 @@ impl From<&Run> for RunView {
             updated_at: rfc3339(r.updated_at),
             plan: r.plan,
             planned_at: r.planned_at.map(rfc3339),
+            plan_sha256: r.plan_sha256.clone(),
             apply_requested_by: r.requested_by.clone(),
             cost_estimate: r.cost.clone(),
             policy_results: r.policy.clone(),

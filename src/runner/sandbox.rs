@@ -395,6 +395,10 @@ fn enter(spec: &str, argv: &[OsString]) -> Result<ExitCode, String> {
             nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {e}"))?;
         }
     }
+    // If gantry dies, so does the run: nothing keeps running unwatched. (Set
+    // after the uid switch, which clears it.)
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("prctl: {e}"))?;
     if spec.namespaces {
         let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
         // A process that changed its uid is non-dumpable, and a non-dumpable

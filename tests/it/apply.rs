@@ -528,3 +528,73 @@ async fn a_running_plan_can_be_canceled() {
     assert_eq!(audit["entries"][0]["action"], "cancel");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_plan_file_changed_after_planning_is_never_applied() {
+    for db in databases() {
+        let env = TestEnv::new(&db).await;
+        let base = env.origin.commit(
+            &crate::support::origin::standard_files(),
+            &[],
+            "initial",
+            &["refs/heads/main"],
+        );
+        let app = env.spawn_app(&dns_yaml(&env, false)).await;
+        merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
+        let runs = app.wait_for_runs_done(1).await;
+        let id = runs[0]["id"].as_i64().unwrap();
+        assert_eq!(runs[0]["state"], "needs_confirmation", "{db:?}");
+        let recorded = app.api(&format!("/api/runs/{id}")).await["plan_sha256"]
+            .as_str()
+            .expect("the plan's sha256 is recorded")
+            .to_string();
+        assert_eq!(recorded.len(), 64);
+
+        // Someone swaps the reviewed plan for another.
+        let plan = env.data_dir().join(format!("runs/{id}/plan.tfplan"));
+        let mut bytes = std::fs::read(&plan).unwrap();
+        bytes.extend_from_slice(b"tampered");
+        std::fs::write(&plan, bytes).unwrap();
+
+        let r = post(&app, &format!("/api/runs/{id}/apply"), json!({})).await;
+        assert_eq!(r.status(), 200);
+        let run = wait_state(&app, id, "errored").await;
+        let reason = run["state_reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("apply refused: plan file of run") && reason.contains(&recorded),
+            "{reason}"
+        );
+        let r = app
+            .client
+            .get(app.url("/api/workspaces/dns/state"))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{db:?}: nothing was applied");
+        let workspaces = app.api("/api/workspaces").await;
+        let dns = workspaces["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "dns")
+            .unwrap()
+            .clone();
+        assert!(
+            dns["lock"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("changed after it was reviewed")),
+            "{dns}"
+        );
+        let audit = app.api("/api/audit?workspace=dns").await;
+        assert!(
+            audit["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["action"] == "apply refused: plan integrity" && e["run_id"] == id),
+            "{audit}"
+        );
+        app.stop().await;
+    }
+}

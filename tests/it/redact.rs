@@ -142,3 +142,60 @@ async fn api_responses_mask_secrets_and_their_encodings() {
         app.stop().await;
     }
 }
+
+/// A PR's terraform prints a sensitive variable in clear, in base64 at each
+/// alignment (both alphabets) and URL-encoded; the comment and the statuses
+/// carry none of it.
+#[tokio::test]
+async fn comments_mask_secrets_and_their_encodings() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let secret = "s3cr3t-T0ken/with+chars";
+    let yaml = env.default_yaml().replace(
+        "    dir: dns\n",
+        &format!(
+            "    dir: dns\n    variables:\n      - {{ name: deploy_token, terraform_var: true, value: \"{secret}\", sensitive: true }}\n"
+        ),
+    );
+    let tf = r#"variable "deploy_token" {}
+output "clear" { value = var.deploy_token }
+output "b64_0" { value = base64encode(var.deploy_token) }
+output "b64_1" { value = base64encode("x${var.deploy_token}") }
+output "b64_2" { value = base64encode("xy${var.deploy_token}") }
+output "b64_url" { value = replace(replace(base64encode("x${var.deploy_token}"), "+", "-"), "/", "_") }
+output "url" { value = urlencode(var.deploy_token) }
+resource "null_resource" "this" {}
+"#;
+    let (_, base, head) = env.origin.standard_change(
+        vec![("dns/main.tf", tf.to_string())],
+        "dns",
+        &["refs/pull/7/head"],
+    );
+    let app = env.spawn_app(&yaml).await;
+    app.send_webhook(
+        "pull_request",
+        "redact-comment-1",
+        &pr_payload("opened", &head.to_string(), &base.to_string()),
+    )
+    .await;
+    let runs = app.wait_for_runs_done(1).await;
+    assert_eq!(runs[0]["state"], "planned", "{}", runs[0]);
+    let comment = env.wait_for_comment(7, "planned").await;
+    assert!(comment.contains("+ url"), "{comment}");
+    assert!(comment.contains("***"), "{comment}");
+    assert_masked(&comment, secret);
+    // Exactly what terraform printed, at each alignment and in both alphabets.
+    for prefix in ["", "x", "xy"] {
+        let std = STANDARD.encode(format!("{prefix}{secret}"));
+        let url = URL_SAFE_NO_PAD.encode(format!("{prefix}{secret}"));
+        for form in [std, url] {
+            let middle = &form[4..form.len() - 4];
+            assert!(!comment.contains(middle), "{form} leaked in {comment}");
+        }
+    }
+    let urlencoded: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    assert!(!comment.contains(&urlencoded), "{comment}");
+    for r in env.github.requests() {
+        assert_masked(&r.body.to_string(), secret);
+    }
+    app.stop().await;
+}

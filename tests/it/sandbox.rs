@@ -181,6 +181,7 @@ async fn a_pull_requests_terraform_reads_nothing_of_gantrys() {
         );
     }
     assert!(comment.contains("null_resource.ordinary"), "{comment}");
+    assert!(!comment.contains("not isolated"), "{comment}");
 
     // No canary or secret anywhere gantry sent or serves.
     let secrets = vec![
@@ -418,4 +419,66 @@ workspaces:
         "{seen}"
     );
     assert!(!seen.contains("READ_KEY"), "{seen}");
+}
+
+/// A host that cannot sandbox: the helper cannot enter the sandbox.
+fn no_sandbox_env(name: &str) -> Option<String> {
+    match name {
+        gantry::runner::sandbox::HELPER_ENV => Some("/bin/false".into()),
+        other => test_env_lookup(other),
+    }
+}
+
+#[tokio::test]
+async fn without_a_sandbox_gantry_serves_only_when_told_and_every_comment_says_so() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let config = env.load_config(&env.default_yaml());
+    let err = gantry::App::build(config, std::sync::Arc::new(no_sandbox_env))
+        .await
+        .err()
+        .expect("no silent fallback");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("cannot be sandboxed") && err.contains("runner.sandbox: off"),
+        "{err}"
+    );
+
+    let (_, base, head) = env.origin.standard_change(
+        vec![("dns/main.tf", null_config("dns-v2"))],
+        "dns",
+        &["refs/pull/7/head"],
+    );
+    let yaml = env
+        .default_yaml()
+        .replace("runner:\n", "runner:\n  sandbox: \"off\"\n");
+    let config = env.load_config(&yaml);
+    let app = gantry::App::build(config, std::sync::Arc::new(no_sandbox_env))
+        .await
+        .expect("runner.sandbox: off starts")
+        .without_config_watch();
+    assert!(app.ctx().sandbox.is_none());
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    let body = pr_payload("opened", &head.to_string(), &base.to_string());
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/github"))
+        .header("X-GitHub-Event", "pull_request")
+        .header("X-GitHub-Delivery", "off-1")
+        .header("X-Hub-Signature-256", sign(WEBHOOK_SECRET, &body))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let comment = env.wait_for_comment(7, "planned").await;
+    assert!(
+        comment.contains("Runs are not isolated: `runner.sandbox` is off"),
+        "{comment}"
+    );
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
 }
