@@ -345,25 +345,31 @@ fn policy_eval_prints_results_per_policy() {
     assert!(stdout.contains("policies: 1 failed (soft)"), "{stdout}");
 }
 
-#[tokio::test]
-async fn config_check_says_which_sandbox_is_in_force() {
-    let env = TestEnv::new(&Db::Sqlite).await;
-    let path = env.write_config(&env.default_yaml());
-    let out = gantry(&env)
+/// `gantry config check` of `yaml`: exit code and everything it printed.
+fn config_check(env: &TestEnv, yaml: &str) -> (Option<i32>, String) {
+    let path = env.write_config(yaml);
+    let out = gantry(env)
         .args(["config", "check", "--config"])
         .arg(&path)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let line = stdout
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn config_check_says_which_sandbox_is_in_force() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let (code, text) = config_check(&env, &env.default_yaml());
+    assert_eq!(code, Some(0), "{text}");
+    let line = text
         .lines()
         .find(|l| l.starts_with("sandbox: "))
-        .unwrap_or_else(|| panic!("no sandbox line:\n{stdout}"));
+        .unwrap_or_else(|| panic!("no sandbox line:\n{text}"));
     assert!(line.starts_with("sandbox: on ("), "{line}");
     for layer in ["landlock", "no_new_privs", "no capabilities"] {
         assert!(line.contains(layer), "{layer} missing: {line}");
@@ -372,35 +378,20 @@ async fn config_check_says_which_sandbox_is_in_force() {
     let off = env
         .default_yaml()
         .replace("runner:\n", "runner:\n  sandbox: \"off\"\n");
-    let path = env.write_config(&off);
-    let out = gantry(&env)
-        .args(["config", "check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (code, text) = config_check(&env, &off);
+    assert_eq!(code, Some(0), "{text}");
     assert!(
-        stdout.contains("sandbox: off (runner.sandbox: off): terraform runs are NOT isolated"),
-        "{stdout}"
+        text.contains("sandbox: off (runner.sandbox: off): terraform runs are NOT isolated"),
+        "{text}"
     );
 
     let bad = env
         .default_yaml()
         .replace("runner:\n", "runner:\n  sandbox: maybe\n");
-    let path = env.write_config(&bad);
-    let out = gantry(&env)
-        .args(["config", "check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let (code, text) = config_check(&env, &bad);
+    assert_eq!(code, Some(2));
     assert!(
-        String::from_utf8_lossy(&out.stderr)
-            .contains("runner.sandbox: `maybe` is not `on` or `off`")
-            || String::from_utf8_lossy(&out.stdout)
-                .contains("runner.sandbox: `maybe` is not `on` or `off`"),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        text.contains("runner.sandbox: `maybe` is not `on` or `off`"),
+        "{text}"
     );
 }

@@ -7,7 +7,9 @@ use crate::support::*;
 
 /// The standard configuration with the provider authenticating as a GitHub
 /// App (a fresh RSA key).
-fn app_yaml(env: &TestEnv) -> String {
+/// The default config with the GitHub provider as an App whose key is `app.pem`
+/// in the test's directory (made here).
+pub(crate) fn app_yaml(env: &TestEnv) -> String {
     let key = env.dir.path().join("app.pem");
     let out = std::process::Command::new("openssl")
         .args(["genrsa", "-traditional", "-out"])

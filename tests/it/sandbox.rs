@@ -100,14 +100,8 @@ async fn a_pull_requests_terraform_reads_nothing_of_gantrys() {
     // SAFETY: set once, before the app starts; no other test reads it.
     unsafe { std::env::set_var("GANTRY_SANDBOX_CANARY", CANARY) };
     let env = TestEnv::new(&Db::Sqlite).await;
+    let yaml = format!("# {CANARY}\n{}", crate::github_app::app_yaml(&env));
     let key = env.dir.path().join("app.pem");
-    let out = std::process::Command::new("openssl")
-        .args(["genrsa", "-traditional", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .expect("openssl makes the test key");
-    assert!(out.status.success());
     let key_pem = std::fs::read_to_string(&key).unwrap();
     let key_body: String = key_pem
         .lines()
@@ -120,16 +114,6 @@ async fn a_pull_requests_terraform_reads_nothing_of_gantrys() {
         vec![("dns/main.tf", null_config("dns-v2"))],
         "dns",
         &["refs/pull/7/head"],
-    );
-    let yaml = format!(
-        "# {CANARY}\n{}",
-        env.default_yaml().replace(
-            "    token_env: GITHUB_TOKEN\n",
-            &format!(
-                "    app_id: 12345\n    private_key_file: \"{}\"\n",
-                key.display()
-            ),
-        )
     );
     let app = env.spawn_app(&yaml).await;
     app.send_webhook(
