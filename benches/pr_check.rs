@@ -110,7 +110,14 @@ async fn per_process(env: &TestEnv) -> (Duration, Duration) {
         .unwrap()
         .expect("the sandbox is on");
     let bin = std::path::PathBuf::from(terraform_bin());
-    let confinement = gantry::runner::sandbox::Confinement::default();
+    // Terraform writes a log file into TMPDIR as it starts.
+    let tmp = env.dir.path().join("process-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    sandbox.hand_over(&[&tmp]).unwrap();
+    let confinement = gantry::runner::sandbox::Confinement {
+        read: Vec::new(),
+        write: vec![tmp.clone()],
+    };
     let mut bare = Vec::new();
     let mut boxed = Vec::new();
     for _ in 0..(ROUNDS * 3) {
@@ -118,6 +125,7 @@ async fn per_process(env: &TestEnv) -> (Duration, Duration) {
         let out = tokio::process::Command::new(&bin)
             .arg("version")
             .env_clear()
+            .env("TMPDIR", &tmp)
             .output()
             .await
             .unwrap();
@@ -127,6 +135,7 @@ async fn per_process(env: &TestEnv) -> (Duration, Duration) {
         let out = sandbox
             .command(&bin, &["version"], &confinement)
             .env_clear()
+            .env("TMPDIR", &tmp)
             .current_dir("/")
             .output()
             .await
