@@ -115,8 +115,8 @@ impl Ctx {
 
     /// Swaps in a new configuration (hot reload).
     pub fn apply_config(&self, config: Config) -> anyhow::Result<()> {
-        let providers = Providers::from_config(&config)?;
-        let redactor = Arc::new(Redactor::for_config(&config, &*self.env));
+        let redactor = Arc::new(Redactor::for_config(&config));
+        let providers = Providers::with_redactor(&config, redactor.clone())?;
         crate::redact::set_global(Redactor::clone(&redactor));
         self.redactor.store(redactor);
         self.providers.store(Arc::new(providers));
@@ -150,12 +150,9 @@ pub async fn sandbox_for(
                     config.source.display()
                 )
             })?;
-            let runner = crate::runner::LocalRunner::new(config, env, Some(sandbox.clone()))?;
-            runner
-                .check_exposure(&config.protected_paths())
-                .with_context(|| {
-                    format!("checking the sandbox against {}", config.source.display())
-                })?;
+            crate::runner::check_exposure(config, env).with_context(|| {
+                format!("checking the sandbox against {}", config.source.display())
+            })?;
             if let Some((uid, _)) = sandbox.run_as() {
                 crate::runner::sandbox::ensure_traversable(&config.data_dir, uid)?;
             }
@@ -182,9 +179,9 @@ impl App {
         let sandbox = sandbox_for(&config, &*env).await?;
         let store = Store::connect_sized(&config.database_url, pg_connections).await?;
         store.migrate().await?;
-        let providers = Providers::from_config(&config)?;
-        let redactor = Redactor::for_config(&config, &*env);
-        crate::redact::set_global(redactor.clone());
+        let redactor = Arc::new(Redactor::for_config(&config));
+        let providers = Providers::with_redactor(&config, redactor.clone())?;
+        crate::redact::set_global(Redactor::clone(&redactor));
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -192,7 +189,7 @@ impl App {
             mirrors: Mirrors::new(&config.data_dir),
             config: Arc::new(ArcSwap::from_pointee(config)),
             providers: ArcSwap::from_pointee(providers),
-            redactor: ArcSwap::from_pointee(redactor),
+            redactor: ArcSwap::new(redactor),
             store,
             env,
             runs_queued: Notify::new(),

@@ -330,7 +330,7 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
         eprintln!("{} error(s) in {}", errors.0.len(), path.display());
         ExitCode::from(2)
     })?;
-    crate::redact::set_global(crate::redact::Redactor::for_config(&config, &process_env));
+    crate::redact::set_global(crate::redact::Redactor::for_config(&config));
     Ok(config)
 }
 
@@ -444,15 +444,10 @@ async fn plan(config: Config, workspace: &str, git_ref: Option<&str>) -> anyhow:
         )
         .await?;
     let sha = mirror.resolve(&target)?.to_string();
-    let scratch = tempfile_dir(&config.data_dir)?;
-    let dirs = RunDirs::new(&scratch);
-    let checkout = dirs.checkout();
-    {
-        let (mirror, sha, checkout) = (mirror.clone(), sha.clone(), checkout.clone());
-        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
-    }
+    let (scratch, dirs) = check_out(&config, &mirror, &sha).await?;
     let sandbox = crate::app::sandbox_for(&config, &process_env).await?;
-    let runner = LocalRunner::new(&config, &process_env, sandbox)?;
+    let redactor = Arc::new(crate::redact::Redactor::for_config(&config));
+    let runner = LocalRunner::new(&config, &process_env, sandbox, redactor)?;
     let request = crate::runs::execute::job_request(
         &config,
         &ws,
@@ -493,22 +488,7 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
     let (mirror, sha) = mirrors
         .fetch_branch(&*provider, &ws.repo, &ws.branch)
         .await?;
-    let scratch = tempfile_dir(&config.data_dir)?;
-    let dirs = RunDirs::new(&scratch);
-    let checkout = dirs.checkout();
-    {
-        let (mirror, sha, checkout) = (mirror.clone(), sha.clone(), checkout.clone());
-        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
-    }
-    let workdir = checkout.join(ws.dir.as_str());
-    // State kept by gantry comes from the database, as for the daemon's checks.
-    if !crate::state::has_own_backend(&workdir) {
-        let store = Store::connect(&config.database_url).await?;
-        store.migrate().await?;
-        crate::state::restore(&store, &ws.name, &workdir).await?;
-    }
-    let sandbox = crate::app::sandbox_for(&config, &process_env).await?;
-    let runner = LocalRunner::new(&config, &process_env, sandbox)?;
+    let (scratch, dirs) = check_out(&config, &mirror, &sha).await?;
     let request = crate::runs::execute::job_request(
         &config,
         &ws,
@@ -516,7 +496,15 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         scratch.join("artifacts"),
         crate::config::Phase::Drift,
     );
-    debug_assert_eq!(request.workdir, workdir);
+    // State kept by gantry comes from the database, as for the daemon's checks.
+    if !crate::state::has_own_backend(&request.workdir) {
+        let store = Store::connect(&config.database_url).await?;
+        store.migrate().await?;
+        crate::state::restore(&store, &ws.name, &request.workdir).await?;
+    }
+    let sandbox = crate::app::sandbox_for(&config, &process_env).await?;
+    let redactor = Arc::new(crate::redact::Redactor::for_config(&config));
+    let runner = LocalRunner::new(&config, &process_env, sandbox, redactor)?;
     eprintln!(
         "checking {} for drift at {} ({:?} mode)",
         ws.name,
@@ -558,6 +546,19 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         println!("{}: no drift", ws.name);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A scratch run directory under `data_dir/work` with `sha` checked out in it.
+async fn check_out(
+    config: &Config,
+    mirror: &crate::git::Mirror,
+    sha: &str,
+) -> anyhow::Result<(PathBuf, RunDirs)> {
+    let scratch = tempfile_dir(&config.data_dir)?;
+    let dirs = RunDirs::new(&scratch);
+    let (mirror, sha, checkout) = (mirror.clone(), sha.to_string(), dirs.checkout());
+    tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
+    Ok((scratch, dirs))
 }
 
 fn tempfile_dir(data_dir: &Path) -> anyhow::Result<PathBuf> {

@@ -71,28 +71,11 @@ impl Redactor {
         r
     }
 
-    /// The daemon's own secrets (`Config::secret_values`) and the values of the
-    /// terraform environment whose names look secret (`terraform.env`,
-    /// `terraform.pass_env` read through `env`).
-    pub fn for_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Redactor {
-        let mut values: Vec<String> = config
-            .secret_values()
-            .iter()
-            .map(|s| s.expose_secret().to_string())
-            .collect();
-        for name in &config.terraform.pass_env {
-            if Redactor::looks_secret(name) {
-                values.extend(env(name));
-            }
-        }
-        for (k, v) in &config.terraform.env {
-            if Redactor::looks_secret(k) {
-                values.push(v.clone());
-            }
-        }
-        let mut r = Redactor::default();
-        r.extend(values.iter().map(String::as_str));
-        r
+    /// Every secret a configuration holds (`Config::secret_values`): gantry's
+    /// own, and every sensitive variable at every scope, which includes the
+    /// secret-looking `terraform.pass_env` and `terraform.env` values.
+    pub fn for_config(config: &Config) -> Redactor {
+        Redactor::new(&config.secret_values())
     }
 
     /// Registers one secret and its encodings.

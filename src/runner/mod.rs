@@ -15,6 +15,7 @@ pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -206,40 +207,82 @@ pub struct LocalRunner {
     /// `runner.allow_read`, the CLI config file and the paths it names
     /// (mirrors, caches): read-only.
     cli_config_reads: Vec<PathBuf>,
-    redactor: Redactor,
+    redactor: Arc<Redactor>,
     sandbox: Option<Sandbox>,
+}
+
+/// What a configuration lets terraform read besides the system paths: the
+/// binary, `runner.allow_read`, the CLI config file and what it names.
+struct Readable {
+    /// The daemon's PATH, which the binary is looked up on.
+    path: String,
+    bin: PathBuf,
+    cli_config_file: Option<PathBuf>,
+    /// `runner.allow_read`, the CLI config file and the paths it names.
+    paths: Vec<PathBuf>,
+}
+
+impl Readable {
+    fn of(
+        config: &Config,
+        daemon_env: &dyn Fn(&str) -> Option<String>,
+    ) -> std::io::Result<Readable> {
+        let path = daemon_env("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let mut paths = config.runner.allow_read.clone();
+        let cli_config_file = match &config.terraform.cli_config_file {
+            Some(f) => Some(std::path::absolute(f)?),
+            None => daemon_env("TF_CLI_CONFIG_FILE").map(PathBuf::from),
+        };
+        if let Some(file) = &cli_config_file {
+            paths.push(file.clone());
+            paths.extend(cli_config_paths(file));
+        }
+        Ok(Readable {
+            bin: resolve_bin(&config.terraform.bin, &path),
+            path,
+            cli_config_file,
+            paths,
+        })
+    }
+}
+
+/// Refuses a configuration under which a path gantry must keep to itself
+/// (its config, key files, data dir) lies under something runs may read.
+pub fn check_exposure(
+    config: &Config,
+    daemon_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), SandboxError> {
+    let readable = Readable::of(config, daemon_env)?;
+    let mut granted = readable.paths;
+    granted.push(readable.bin);
+    sandbox::check_exposure(&granted, &config.protected_paths())
 }
 
 impl LocalRunner {
     /// Builds the runner for the current configuration. The environment is built
     /// from scratch: PATH, `TF_IN_AUTOMATION`, the CLI config file; each run
     /// adds its own HOME, TMPDIR, plugin cache and variables. `sandbox` is
-    /// `None` only when the operator set `runner.sandbox: off`.
+    /// `None` only when the operator set `runner.sandbox: off`; `redactor`
+    /// is the configuration's (`Redactor::for_config`).
     pub fn new(
         config: &Config,
         daemon_env: &dyn Fn(&str) -> Option<String>,
         sandbox: Option<Sandbox>,
+        redactor: Arc<Redactor>,
     ) -> std::io::Result<LocalRunner> {
-        let path = daemon_env("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let mut base_env: Vec<(String, String)> = vec![("PATH".into(), path.clone())];
+        let readable = Readable::of(config, daemon_env)?;
+        let mut base_env: Vec<(String, String)> = vec![("PATH".into(), readable.path)];
         base_env.push(("TF_IN_AUTOMATION".into(), "1".into()));
         base_env.push(("TF_INPUT".into(), "0".into()));
-        let mut cli_config_reads = config.runner.allow_read.clone();
-        let cli_config = match &config.terraform.cli_config_file {
-            Some(f) => Some(std::path::absolute(f)?),
-            None => daemon_env("TF_CLI_CONFIG_FILE").map(PathBuf::from),
-        };
-        if let Some(file) = cli_config {
-            cli_config_reads.push(file.clone());
-            cli_config_reads.extend(cli_config_paths(&file));
+        if let Some(file) = &readable.cli_config_file {
             base_env.push(("TF_CLI_CONFIG_FILE".into(), file.display().to_string()));
         }
         Ok(LocalRunner {
-            bin: resolve_bin(&config.terraform.bin, &path),
+            bin: readable.bin,
             interrupt_grace: INTERRUPT_GRACE,
             base_env,
-            cli_config_reads,
-            redactor: Redactor::new(&config.secret_values()),
+            cli_config_reads: readable.paths,
+            redactor,
             sandbox,
         })
     }
@@ -252,19 +295,6 @@ impl LocalRunner {
 
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
-    }
-
-    /// Refuses to run when a path gantry must keep to itself (its config, key
-    /// files, data dir) lies under something runs may read.
-    pub fn check_exposure(&self, protected: &[PathBuf]) -> Result<(), SandboxError> {
-        let mut granted = self.cli_config_reads.clone();
-        granted.push(self.bin.clone());
-        sandbox::check_exposure(&granted, protected)
-    }
-
-    /// Whether terraform runs sandboxed.
-    pub fn sandboxed(&self) -> bool {
-        self.sandbox.is_some()
     }
 
     /// Creates the run's directories and hands the writable ones to the
@@ -301,14 +331,16 @@ impl LocalRunner {
         Ok(())
     }
 
-    /// The redactor for one run: gantry's secrets plus the run's sensitive variables.
+    /// The redactor for one run: gantry's secrets plus the run's sensitive
+    /// variables (already known ones change nothing and rebuild nothing).
     fn run_redactor(&self, req: &PlanRequest) -> Redactor {
-        let mut r = self.redactor.clone();
-        for v in &req.variables {
-            if v.sensitive {
-                r.add(&v.value);
-            }
-        }
+        let mut r = Redactor::clone(&self.redactor);
+        r.extend(
+            req.variables
+                .iter()
+                .filter(|v| v.sensitive)
+                .map(|v| v.value.as_str()),
+        );
         r
     }
 
@@ -479,6 +511,39 @@ impl LocalRunner {
         Ok((stdout_text, code))
     }
 
+    /// `init`, `plan [extra] -out`, `show -json` into the artifacts: the steps
+    /// a plan and a drift check share. Returns the plan text, plan's exit
+    /// code and the parsed plan JSON.
+    async fn plan_steps(
+        &self,
+        req: &PlanRequest,
+        extra: &[&str],
+        ok_codes: &[i32],
+        cancel: &CancellationToken,
+    ) -> Result<(String, i32, serde_json::Value), RunnerError> {
+        self.prepare_dirs(req).await?;
+        let mut log = tokio::fs::File::create(req.artifacts.join("log.txt")).await?;
+        let out_file = std::path::absolute(req.dirs.out().join("plan.tfplan"))?;
+        let out_arg = format!("-out={}", out_file.display());
+        self.init(req, &mut log, cancel).await?;
+        let mut args = vec!["plan", "-input=false", "-no-color", "-lock-timeout=60s"];
+        args.extend_from_slice(extra);
+        args.push(&out_arg);
+        let (plan_text, code) = self
+            .step_with_codes("plan", &args, req, &mut log, None, cancel, ok_codes)
+            .await?;
+        let json = self
+            .show_json(
+                req,
+                &mut log,
+                &out_file,
+                &req.artifacts.join("plan.json"),
+                cancel,
+            )
+            .await?;
+        Ok((plan_text, code, json))
+    }
+
     /// Keeps the plan terraform wrote: copies it from the run's output
     /// directory to the artifacts and returns its sha256.
     async fn keep_plan(&self, req: &PlanRequest) -> Result<(PathBuf, String), RunnerError> {
@@ -589,31 +654,7 @@ impl Runner for LocalRunner {
         req: &PlanRequest,
         cancel: &CancellationToken,
     ) -> Result<PlanOutput, RunnerError> {
-        self.prepare_dirs(req).await?;
-        let mut log = tokio::fs::File::create(req.artifacts.join("log.txt")).await?;
-        let out_file = std::path::absolute(req.dirs.out().join("plan.tfplan"))?;
-        let plan_json = req.artifacts.join("plan.json");
-        let out_arg = format!("-out={}", out_file.display());
-        self.init(req, &mut log, cancel).await?;
-        let plan_text = self
-            .step(
-                "plan",
-                &[
-                    "plan",
-                    "-input=false",
-                    "-no-color",
-                    "-lock-timeout=60s",
-                    &out_arg,
-                ],
-                req,
-                &mut log,
-                None,
-                cancel,
-            )
-            .await?;
-        let json = self
-            .show_json(req, &mut log, &out_file, &plan_json, cancel)
-            .await?;
+        let (plan_text, _, json) = self.plan_steps(req, &[], &[0], cancel).await?;
         let (plan_file, plan_sha256) = self.keep_plan(req).await?;
         Ok(PlanOutput {
             summary: PlanSummary::from_plan_json(&json),
@@ -621,7 +662,7 @@ impl Runner for LocalRunner {
             plan_text,
             plan_file,
             plan_sha256,
-            plan_json,
+            plan_json: req.artifacts.join("plan.json"),
         })
     }
 
@@ -631,29 +672,11 @@ impl Runner for LocalRunner {
         refresh_only: bool,
         cancel: &CancellationToken,
     ) -> Result<DriftOutput, RunnerError> {
-        self.prepare_dirs(req).await?;
-        let mut log = tokio::fs::File::create(req.artifacts.join("log.txt")).await?;
-        let out_file = std::path::absolute(req.dirs.out().join("plan.tfplan"))?;
-        let plan_json = req.artifacts.join("plan.json");
-        let out_arg = format!("-out={}", out_file.display());
-        self.init(req, &mut log, cancel).await?;
-        let mut args = vec![
-            "plan",
-            "-input=false",
-            "-no-color",
-            "-lock-timeout=60s",
-            "-detailed-exitcode",
-        ];
+        let mut args = vec!["-detailed-exitcode"];
         if refresh_only {
             args.push("-refresh-only");
         }
-        args.push(&out_arg);
-        let (plan_text, code) = self
-            .step_with_codes("plan", &args, req, &mut log, None, cancel, &[0, 2])
-            .await?;
-        let plan = self
-            .show_json(req, &mut log, &out_file, &plan_json, cancel)
-            .await?;
+        let (plan_text, code, plan) = self.plan_steps(req, &args, &[0, 2], cancel).await?;
         Ok(DriftOutput {
             changes: code == 2,
             plan_text,

@@ -261,7 +261,7 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
     if gantry_state {
         crate::state::restore(&ctx.store, &workspace.name, &request.workdir).await?;
     }
-    let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone())
+    let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
         .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
     Ok(Prepared {
         workspace,

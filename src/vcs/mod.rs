@@ -276,7 +276,18 @@ impl Providers {
     /// Every provider of the configuration, each behind the redactor of
     /// that configuration's secrets.
     pub fn from_config(config: &Config) -> anyhow::Result<Providers> {
-        let redactor = Arc::new(crate::redact::Redactor::new(&config.secret_values()));
+        Self::with_redactor(
+            config,
+            Arc::new(crate::redact::Redactor::for_config(config)),
+        )
+    }
+
+    /// Like [`Providers::from_config`], with the configuration's redactor
+    /// already built (the app shares one for the API, logs and providers).
+    pub fn with_redactor(
+        config: &Config,
+        redactor: Arc<crate::redact::Redactor>,
+    ) -> anyhow::Result<Providers> {
         let mut map: HashMap<String, Arc<dyn VcsProvider>> = HashMap::new();
         for p in &config.providers {
             let provider = redacting::Redacting::new(build(p)?, redactor.clone());

@@ -1,7 +1,10 @@
 //! The local runner: a clean environment for terraform, and a timeout that
 //! stops the whole process group.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use gantry::redact::Redactor;
 
 use gantry::config::Phase;
 use gantry::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
@@ -37,7 +40,13 @@ async fn terraform_sees_only_what_the_operator_passes() {
     let sandbox = gantry::app::sandbox_for(&config, &daemon_env)
         .await
         .unwrap();
-    let runner = LocalRunner::new(&config, &daemon_env, sandbox).unwrap();
+    let runner = LocalRunner::new(
+        &config,
+        &daemon_env,
+        sandbox,
+        Arc::new(Redactor::for_config(&config)),
+    )
+    .unwrap();
     let req = request(&env, &config, "network", Phase::Plan);
     write_file(&req.workdir.join("main.tf"), &null_config("x"));
 
@@ -90,9 +99,14 @@ async fn a_run_past_its_timeout_is_killed() {
     let sandbox = gantry::app::sandbox_for(&config, &test_env_lookup)
         .await
         .unwrap();
-    let runner = LocalRunner::new(&config, &test_env_lookup, sandbox)
-        .unwrap()
-        .with_interrupt_grace(Duration::from_millis(500));
+    let runner = LocalRunner::new(
+        &config,
+        &test_env_lookup,
+        sandbox,
+        Arc::new(Redactor::for_config(&config)),
+    )
+    .unwrap()
+    .with_interrupt_grace(Duration::from_millis(500));
     let mut req = request(&env, &config, "network", Phase::Plan);
     req.timeout = Duration::from_millis(500);
     write_file(&req.workdir.join("main.tf"), &null_config("x"));

@@ -351,7 +351,13 @@ workspaces:
     let sandbox = gantry::app::sandbox_for(&config2, &test_env_lookup)
         .await
         .unwrap();
-    let runner = gantry::runner::LocalRunner::new(&config2, &test_env_lookup, sandbox).unwrap();
+    let runner = gantry::runner::LocalRunner::new(
+        &config2,
+        &test_env_lookup,
+        sandbox,
+        std::sync::Arc::new(gantry::redact::Redactor::for_config(&config2)),
+    )
+    .unwrap();
 
     let ws = config2.workspace("network").unwrap();
     let job = |phase| {
