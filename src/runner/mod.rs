@@ -190,10 +190,10 @@ pub fn variables_for(config: &Config, workspace: &str, phase: crate::config::Pha
         .collect()
 }
 
-/// sha256 of a file, hex.
-pub async fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let bytes = tokio::fs::read(path).await?;
-    Ok(hex::encode(Sha256::digest(&bytes)))
+/// sha256 of a saved plan's bytes, hex: recorded when the plan is made and
+/// compared before it is applied.
+fn plan_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Runs the terraform CLI on this machine, inside the sandbox (unless the
@@ -550,7 +550,7 @@ impl LocalRunner {
         let kept = std::path::absolute(plan_file(&req.artifacts))?;
         let bytes = tokio::fs::read(req.dirs.out().join("plan.tfplan")).await?;
         tokio::fs::write(&kept, &bytes).await?;
-        Ok((kept, hex::encode(Sha256::digest(&bytes))))
+        Ok((kept, plan_sha256(&bytes)))
     }
 }
 
@@ -709,7 +709,7 @@ impl Runner for LocalRunner {
         };
         // The bytes checked are the bytes applied: terraform reads a copy in a
         // directory it may not write to.
-        let actual = hex::encode(Sha256::digest(&bytes));
+        let actual = plan_sha256(&bytes);
         let expected = req.plan_sha256.clone().ok_or_else(|| RunnerError::Failed {
             step: "apply",
             message: "no checksum was recorded for the plan; re-plan".into(),

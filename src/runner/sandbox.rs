@@ -152,6 +152,34 @@ struct Spec {
     report: bool,
 }
 
+impl Spec {
+    fn new(
+        read: Vec<PathBuf>,
+        write: Vec<PathBuf>,
+        namespaces: bool,
+        switch_uid: bool,
+        report: bool,
+    ) -> Spec {
+        Spec {
+            read,
+            write,
+            namespaces,
+            uid: switch_uid.then_some(SANDBOX_UID),
+            gid: switch_uid.then_some(SANDBOX_GID),
+            report,
+        }
+    }
+
+    /// `HELPER sandbox-exec --spec JSON`, to which the program is appended.
+    fn command(&self, helper: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(helper);
+        cmd.arg(HELPER_SUBCOMMAND)
+            .arg("--spec")
+            .arg(serde_json::to_string(self).expect("spec serializes"));
+        cmd
+    }
+}
+
 /// A probed, working sandbox.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -204,18 +232,9 @@ impl Sandbox {
         namespaces: bool,
         switch_uid: bool,
     ) -> Result<Layers, SandboxError> {
-        let spec = Spec {
-            read: Vec::new(),
-            write: Vec::new(),
-            namespaces,
-            uid: switch_uid.then_some(SANDBOX_UID),
-            gid: switch_uid.then_some(SANDBOX_GID),
-            report: true,
-        };
-        let out = tokio::process::Command::new(helper)
-            .arg(HELPER_SUBCOMMAND)
-            .arg("--spec")
-            .arg(serde_json::to_string(&spec).expect("spec serializes"))
+        let spec = Spec::new(Vec::new(), Vec::new(), namespaces, switch_uid, true);
+        let out = spec
+            .command(helper)
             .env_clear()
             .current_dir("/")
             .stdin(std::process::Stdio::null())
@@ -260,21 +279,15 @@ impl Sandbox {
         let mut read: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
         read.push(program.to_path_buf());
         read.extend(confinement.read.iter().cloned());
-        let spec = Spec {
+        let spec = Spec::new(
             read,
-            write: confinement.write.clone(),
-            namespaces: self.layers.namespaces,
-            uid: self.switch_uid.then_some(SANDBOX_UID),
-            gid: self.switch_uid.then_some(SANDBOX_GID),
-            report: false,
-        };
-        let mut cmd = tokio::process::Command::new(&self.helper);
-        cmd.arg(HELPER_SUBCOMMAND)
-            .arg("--spec")
-            .arg(serde_json::to_string(&spec).expect("spec serializes"))
-            .arg("--")
-            .arg(program)
-            .args(args);
+            confinement.write.clone(),
+            self.layers.namespaces,
+            self.switch_uid,
+            false,
+        );
+        let mut cmd = spec.command(&self.helper);
+        cmd.arg("--").arg(program).args(args);
         cmd
     }
 
