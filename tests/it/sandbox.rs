@@ -472,3 +472,87 @@ async fn without_a_sandbox_gantry_serves_only_when_told_and_every_comment_says_s
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
+
+/// Through webhooks: a pull request's plan gets the plan-phase credential and
+/// never the apply-only one; the apply of the merge gets the apply one.
+#[tokio::test]
+async fn a_pr_plan_never_gets_apply_credentials_and_the_merge_apply_does() {
+    for db in databases() {
+        let env = TestEnv::new(&db).await;
+        // Terraform that prints the names (never the values) of the keys it got.
+        let wrapper = env.dir.path().join("tf-keys");
+        crate::support::origin::write_script(
+            &wrapper,
+            &format!(
+                "#!/bin/sh\ncase \"$1\" in plan|apply) echo \"KEYS-SEEN[$1]: $(env | cut -d= -f1 | grep _KEY | sort | tr '\\n' ' ')\";; esac\nexec \"{}\" \"$@\"\n",
+                terraform_bin()
+            ),
+        );
+        let workspaces = r#"  - name: dns
+    environment: production
+    provider: github
+    repo: acme/infra
+    dir: dns
+    auto_apply: true
+"#;
+        let yaml = env
+            .config_yaml(workspaces, 2, "127.0.0.1:0", &wrapper.display().to_string())
+            .replace(
+                "workspaces:\n",
+                r#"environments:
+  - name: production
+    variables:
+      - { name: READ_KEY, value: read-only-credential, sensitive: true, phases: [plan, drift] }
+      - { name: WRITE_KEY, value: write-credential, sensitive: true, phases: [apply] }
+workspaces:
+"#,
+            );
+        let (files, base, head) = env.origin.standard_change(
+            vec![("dns/main.tf", null_config("dns-v2"))],
+            "dns",
+            &["refs/pull/7/head"],
+        );
+        let app = env.spawn_app(&yaml).await;
+        app.send_webhook(
+            "pull_request",
+            "keys-1",
+            &pr_payload("opened", &head.to_string(), &base.to_string()),
+        )
+        .await;
+        let plan_comment = env.wait_for_comment(7, "KEYS-SEEN[plan]").await;
+        assert!(
+            plan_comment.contains("KEYS-SEEN[plan]: READ_KEY \n"),
+            "{db:?}: the PR plan gets the read key only:\n{plan_comment}"
+        );
+        assert!(!plan_comment.contains("WRITE_KEY"), "{plan_comment}");
+
+        // The merge: its plan step gets the read key, its apply the write key.
+        let merge = env
+            .origin
+            .commit(&files, &[base], "Merge pull request", &["refs/heads/main"]);
+        env.github.set_commit_pr(&merge.to_string(), 7);
+        app.send_webhook(
+            "push",
+            "keys-2",
+            &push_payload("main", &base.to_string(), &merge.to_string()),
+        )
+        .await;
+        let apply_comment = env.wait_for_comment(7, "KEYS-SEEN[apply]").await;
+        assert!(
+            apply_comment.contains("KEYS-SEEN[apply]: WRITE_KEY \n"),
+            "{db:?}: the apply gets the write key only:\n{apply_comment}"
+        );
+        let runs = app.wait_for_runs_done(2).await;
+        assert!(
+            runs.iter()
+                .any(|r| r["kind"] == "apply" && r["state"] == "applied"),
+            "{runs:?}"
+        );
+        for secret in ["read-only-credential", "write-credential"] {
+            for r in env.github.requests() {
+                assert!(!r.body.to_string().contains(secret), "{secret} leaked");
+            }
+        }
+        app.stop().await;
+    }
+}
