@@ -274,6 +274,9 @@ impl LocalRunner {
         let mut base_env: Vec<(String, String)> = vec![("PATH".into(), readable.path)];
         base_env.push(("TF_IN_AUTOMATION".into(), "1".into()));
         base_env.push(("TF_INPUT".into(), "0".into()));
+        // No call to HashiCorp's version checkpoint from every process: each
+        // run has a fresh HOME, so terraform would never find its cache.
+        base_env.push(("CHECKPOINT_DISABLE".into(), "1".into()));
         if let Some(file) = &readable.cli_config_file {
             base_env.push(("TF_CLI_CONFIG_FILE".into(), file.display().to_string()));
         }

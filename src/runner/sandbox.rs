@@ -23,8 +23,9 @@
 //! `external` programs and `local-exec` commands.
 //!
 //! Entering the sandbox takes a fresh single-threaded process, so the runner
-//! starts the gantry binary itself as a helper (`gantry sandbox-exec --spec
-//! JSON -- terraform ARGS`), which sets the layers up and then executes
+//! starts a helper (`gantry-sandbox sandbox-exec --spec JSON -- terraform
+//! ARGS`, or the gantry binary itself with the same arguments when the small
+//! one is not installed), which sets the layers up and then executes
 //! terraform. [`Sandbox::probe`] runs the helper once at start to learn which
 //! layers the host allows; `serve` refuses to start without a sandbox unless
 //! the operator sets `runner.sandbox: off`.
@@ -43,6 +44,9 @@ pub const SANDBOX_GID: u32 = 65534;
 
 /// The hidden subcommand of the gantry binary that enters the sandbox.
 pub const HELPER_SUBCOMMAND: &str = "sandbox-exec";
+
+/// The small helper binary built beside `gantry` (`src/bin/gantry-sandbox.rs`).
+pub const HELPER_BINARY: &str = "gantry-sandbox";
 
 /// The daemon-environment variable that names the gantry binary used as the
 /// helper (tests point it at the built binary); default: this executable.
@@ -190,13 +194,16 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// The helper binary: `GANTRY_SANDBOX_HELPER` from the daemon environment,
-    /// else this executable.
+    /// The helper binary: `GANTRY_SANDBOX_HELPER` from the daemon environment;
+    /// else `gantry-sandbox` beside this executable (small, so it starts
+    /// quickly); else this executable itself (`gantry sandbox-exec`).
     pub fn helper_path(daemon_env: &dyn Fn(&str) -> Option<String>) -> std::io::Result<PathBuf> {
-        match daemon_env(HELPER_ENV) {
-            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-            _ => std::env::current_exe(),
+        if let Some(p) = daemon_env(HELPER_ENV).filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
         }
+        let exe = std::env::current_exe()?;
+        let small = exe.with_file_name(HELPER_BINARY);
+        Ok(if small.is_file() { small } else { exe })
     }
 
     /// Finds out which layers this host allows by entering the sandbox once.

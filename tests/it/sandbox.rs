@@ -556,3 +556,30 @@ workspaces:
         app.stop().await;
     }
 }
+
+/// Both helpers enter the same sandbox: the small `gantry-sandbox`, and the
+/// gantry binary itself when the small one is not installed beside it.
+#[tokio::test]
+async fn both_helpers_enter_the_sandbox() {
+    use gantry::runner::Sandbox;
+    let small = Sandbox::probe(Path::new(env!("CARGO_BIN_EXE_gantry-sandbox")))
+        .await
+        .unwrap();
+    let whole = Sandbox::probe(Path::new(env!("CARGO_BIN_EXE_gantry")))
+        .await
+        .unwrap();
+    assert_eq!(small.layers(), whole.layers());
+    assert!(
+        small.layers().landlock.contains("enforced"),
+        "{:?}",
+        small.layers()
+    );
+
+    // Anything but the helper's own calling convention is a usage error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry-sandbox"))
+        .args(["--spec", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("usage: gantry-sandbox"));
+}

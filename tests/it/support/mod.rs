@@ -216,8 +216,8 @@ pub fn test_env_lookup(name: &str) -> Option<String> {
         "GITHUB_WEBHOOK_SECRET" | "VCS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
         "VCS_TOKEN" => Some("vcs-token-for-tests".into()),
         "PATH" | "HOME" => std::env::var(name).ok(),
-        // The sandbox helper is the gantry binary, not this test binary.
-        gantry::runner::sandbox::HELPER_ENV => Some(env!("CARGO_BIN_EXE_gantry").into()),
+        // The sandbox helper is gantry's, not this test binary.
+        gantry::runner::sandbox::HELPER_ENV => Some(env!("CARGO_BIN_EXE_gantry-sandbox").into()),
         _ => None,
     }
 }
