@@ -105,7 +105,7 @@ async fn daemon_rounds(sandbox: bool) -> Duration {
 /// the sandbox: the sandbox's cost per terraform process.
 async fn per_process(env: &TestEnv) -> (Duration, Duration) {
     let config = env.load_config(&env.default_yaml());
-    let sandbox = gantry::app::sandbox_for(&config, &test_env_lookup)
+    let sandbox = gantry::app::sandbox_for_runs(&config, &test_env_lookup)
         .await
         .unwrap()
         .expect("the sandbox is on");

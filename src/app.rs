@@ -153,13 +153,24 @@ pub async fn sandbox_for(
             crate::runner::check_exposure(config, env).with_context(|| {
                 format!("checking the sandbox against {}", config.source.display())
             })?;
-            if let Some((uid, _)) = sandbox.run_as() {
-                crate::runner::sandbox::ensure_traversable(&config.data_dir, uid)?;
-            }
             tracing::info!(sandbox = %sandbox.layers(), "terraform runs sandboxed: {}", sandbox.layers());
             Ok(Some(sandbox))
         }
     }
+}
+
+/// [`sandbox_for`], for a process that will run terraform: the sandbox's uid
+/// is also given a way to the run directories under `data_dir`.
+/// (`config check` uses `sandbox_for` alone and changes nothing on disk.)
+pub async fn sandbox_for_runs(
+    config: &Config,
+    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+) -> anyhow::Result<Option<crate::runner::Sandbox>> {
+    let sandbox = sandbox_for(config, env).await?;
+    if let Some((uid, _)) = sandbox.as_ref().and_then(|s| s.run_as()) {
+        crate::runner::sandbox::ensure_traversable(&config.data_dir, uid)?;
+    }
+    Ok(sandbox)
 }
 
 pub struct App {
@@ -176,7 +187,7 @@ impl App {
         let pg_connections = (config.concurrency as u32)
             .saturating_mul(2)
             .saturating_add(8);
-        let sandbox = sandbox_for(&config, &*env).await?;
+        let sandbox = sandbox_for_runs(&config, &*env).await?;
         let store = Store::connect_sized(&config.database_url, pg_connections).await?;
         store.migrate().await?;
         let redactor = Arc::new(Redactor::for_config(&config));

@@ -445,7 +445,7 @@ async fn plan(config: Config, workspace: &str, git_ref: Option<&str>) -> anyhow:
         .await?;
     let sha = mirror.resolve(&target)?.to_string();
     let (scratch, dirs) = check_out(&config, &mirror, &sha).await?;
-    let sandbox = crate::app::sandbox_for(&config, &process_env).await?;
+    let sandbox = crate::app::sandbox_for_runs(&config, &process_env).await?;
     let redactor = Arc::new(crate::redact::Redactor::for_config(&config));
     let runner = LocalRunner::new(&config, &process_env, sandbox, redactor)?;
     let request = crate::runs::execute::job_request(
@@ -502,7 +502,7 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         store.migrate().await?;
         crate::state::restore(&store, &ws.name, &request.workdir).await?;
     }
-    let sandbox = crate::app::sandbox_for(&config, &process_env).await?;
+    let sandbox = crate::app::sandbox_for_runs(&config, &process_env).await?;
     let redactor = Arc::new(crate::redact::Redactor::for_config(&config));
     let runner = LocalRunner::new(&config, &process_env, sandbox, redactor)?;
     eprintln!(

@@ -37,7 +37,7 @@ async fn terraform_sees_only_what_the_operator_passes() {
         .config_yaml(TestEnv::standard_workspaces(), 1, "127.0.0.1:0", &wrapper.display().to_string())
         .replace("  timeout: 5m\n", "  timeout: 5m\n  pass_env: [AWS_REGION, AWS_SECRET_ACCESS_KEY]\n  env:\n    TF_VAR_team: platform\n");
     let config = gantry::Config::load(&env.write_config(&yaml), &daemon_env).unwrap();
-    let sandbox = gantry::app::sandbox_for(&config, &daemon_env)
+    let sandbox = gantry::app::sandbox_for_runs(&config, &daemon_env)
         .await
         .unwrap();
     let runner = LocalRunner::new(
@@ -96,7 +96,7 @@ async fn a_run_past_its_timeout_is_killed() {
         &wrapper.display().to_string(),
     );
     let config = env.load_config(&yaml);
-    let sandbox = gantry::app::sandbox_for(&config, &test_env_lookup)
+    let sandbox = gantry::app::sandbox_for_runs(&config, &test_env_lookup)
         .await
         .unwrap();
     let runner = LocalRunner::new(

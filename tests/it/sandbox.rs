@@ -222,7 +222,7 @@ async fn wait_for_comment_with(env: &TestEnv, needle: &str) -> Option<String> {
 async fn a_program_in_the_sandbox_reads_and_writes_only_its_own() {
     let env = TestEnv::new(&Db::Sqlite).await;
     let config = env.load_config(&env.default_yaml());
-    let Some(sandbox) = gantry::app::sandbox_for(&config, &test_env_lookup)
+    let Some(sandbox) = gantry::app::sandbox_for_runs(&config, &test_env_lookup)
         .await
         .unwrap()
     else {
@@ -348,7 +348,7 @@ workspaces:
         &format!("bin: \"{}\"", wrapper.display()),
     );
     let config2 = env.load_config(&yaml);
-    let sandbox = gantry::app::sandbox_for(&config2, &test_env_lookup)
+    let sandbox = gantry::app::sandbox_for_runs(&config2, &test_env_lookup)
         .await
         .unwrap();
     let runner = gantry::runner::LocalRunner::new(
