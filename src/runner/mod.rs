@@ -119,6 +119,20 @@ pub struct PlanRequest {
     pub plan_sha256: Option<String>,
 }
 
+impl PlanRequest {
+    /// The only places terraform may write: its checkout, HOME, TMPDIR, plan
+    /// output and its workspace's plugin cache.
+    pub fn writable(&self) -> [PathBuf; 5] {
+        [
+            self.dirs.checkout(),
+            self.dirs.home(),
+            self.dirs.tmp(),
+            self.dirs.out(),
+            self.plugin_cache.clone(),
+        ]
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PlanOutput {
     pub summary: PlanSummary,
@@ -317,13 +331,7 @@ impl LocalRunner {
         }
         if let Some(sandbox) = &self.sandbox {
             let sandbox = sandbox.clone();
-            let writable = [
-                d.checkout(),
-                d.home(),
-                d.tmp(),
-                d.out(),
-                req.plugin_cache.clone(),
-            ];
+            let writable = req.writable();
             tokio::task::spawn_blocking(move || {
                 let refs: Vec<&Path> = writable.iter().map(|p| p.as_path()).collect();
                 sandbox.hand_over(&refs)
@@ -416,13 +424,7 @@ impl LocalRunner {
                 read.push(req.dirs.plan());
                 let confinement = sandbox::Confinement {
                     read,
-                    write: vec![
-                        req.dirs.checkout(),
-                        req.dirs.home(),
-                        req.dirs.tmp(),
-                        req.dirs.out(),
-                        req.plugin_cache.clone(),
-                    ],
+                    write: req.writable().to_vec(),
                 };
                 sandbox.command(&self.bin, args, &confinement)
             }
