@@ -101,31 +101,27 @@ async fn daemon_rounds(sandbox: bool) -> Duration {
     median(daemon)
 }
 
-/// Median time to start and finish one `terraform version`, bare and through
-/// the sandbox: the sandbox's cost per terraform process.
-async fn per_process(env: &TestEnv) -> (Duration, Duration) {
-    let config = env.load_config(&env.default_yaml());
-    let sandbox = gantry::app::sandbox_for_runs(&config, &test_env_lookup)
-        .await
-        .unwrap()
-        .expect("the sandbox is on");
-    let bin = std::path::PathBuf::from(terraform_bin());
-    // Terraform writes a log file into TMPDIR as it starts.
-    let tmp = env.dir.path().join("process-tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    sandbox.hand_over(&[&tmp]).unwrap();
+/// Median time to start and finish one process, bare and through the
+/// sandbox: the sandbox's cost per process.
+async fn per_process(
+    sandbox: &gantry::runner::Sandbox,
+    tmp: &std::path::Path,
+    program: &std::path::Path,
+    args: &[&str],
+    rounds: usize,
+) -> (Duration, Duration) {
     let confinement = gantry::runner::sandbox::Confinement {
         read: Vec::new(),
-        write: vec![tmp.clone()],
+        write: vec![tmp.to_path_buf()],
     };
     let mut bare = Vec::new();
     let mut boxed = Vec::new();
-    for _ in 0..(ROUNDS * 3) {
+    for _ in 0..rounds {
         let start = Instant::now();
-        let out = tokio::process::Command::new(&bin)
-            .arg("version")
+        let out = tokio::process::Command::new(program)
+            .args(args)
             .env_clear()
-            .env("TMPDIR", &tmp)
+            .env("TMPDIR", tmp)
             .output()
             .await
             .unwrap();
@@ -133,9 +129,9 @@ async fn per_process(env: &TestEnv) -> (Duration, Duration) {
         bare.push(start.elapsed());
         let start = Instant::now();
         let out = sandbox
-            .command(&bin, &["version"], &confinement)
+            .command(program, args, &confinement)
             .env_clear()
-            .env("TMPDIR", &tmp)
+            .env("TMPDIR", tmp)
             .current_dir("/")
             .output()
             .await
@@ -158,7 +154,26 @@ async fn main() {
     let env = TestEnv::new(&Db::Sqlite).await;
     let daemon = daemon_rounds(true).await;
     let daemon_off = daemon_rounds(false).await;
-    let (process_bare, process_boxed) = per_process(&env).await;
+    let config = env.load_config(&env.default_yaml());
+    let sandbox = gantry::app::sandbox_for_runs(&config, &test_env_lookup)
+        .await
+        .unwrap()
+        .expect("the sandbox is on");
+    // Terraform writes a log file into TMPDIR as it starts.
+    let tmp = env.dir.path().join("process-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    sandbox.hand_over(&[&tmp]).unwrap();
+    let terraform = std::path::PathBuf::from(terraform_bin());
+    let (process_bare, process_boxed) =
+        per_process(&sandbox, &tmp, &terraform, &["version"], ROUNDS * 3).await;
+    let (true_bare, true_boxed) = per_process(
+        &sandbox,
+        &tmp,
+        std::path::Path::new("/bin/true"),
+        &[],
+        ROUNDS * 15,
+    )
+    .await;
     let bare: Vec<Duration> = (0..ROUNDS)
         .map(|r| bare_terraform(&env, r, false))
         .collect();
@@ -197,5 +212,11 @@ async fn main() {
         ms(process_bare),
         ms(process_boxed),
         ms(process_boxed) - ms(process_bare)
+    );
+    println!(
+        "  /bin/true, bare / sandboxed:             {:>7.1} ms / {:.1} ms  (sandbox cost {:.1} ms; goal: <= 5 ms)",
+        ms(true_bare),
+        ms(true_boxed),
+        ms(true_boxed) - ms(true_bare)
     );
 }
