@@ -128,8 +128,16 @@ pub async fn reaper(ctx: Arc<Ctx>) {
 /// How often policy groups are fetched even without a push webhook.
 const POLICY_SYNC_EVERY: Duration = Duration::from_secs(600);
 
-/// Loads every policy group at start, then keeps them fresh.
+/// Loads every policy group at start, then keeps them fresh: fetched every
+/// [`POLICY_SYNC_EVERY`] (a push webhook reloads at once), and the sets other
+/// replicas store are picked up within seconds (`groups::watch`).
 pub async fn policy_sync(ctx: Arc<Ctx>) {
+    // Listening before the first load, so no change after it is missed.
+    let (listening, ready) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(crate::policy::groups::watch(ctx.clone(), move || {
+        let _ = listening.send(());
+    }));
+    let _ = ready.await;
     loop {
         for g in ctx.config().policy_groups.clone() {
             if let Err(e) = crate::policy::groups::sync(&ctx, &g).await {
@@ -141,6 +149,7 @@ pub async fn policy_sync(ctx: Arc<Ctx>) {
             _ = ctx.shutdown.cancelled() => break,
         }
     }
+    let _ = watcher.await;
 }
 
 /// How often the drift scheduler looks for due ticks.

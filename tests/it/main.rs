@@ -10,6 +10,7 @@ mod drift;
 mod github_app;
 mod ingest;
 mod policy;
+mod policy_sets;
 mod pr_checks;
 mod providers;
 mod redact;
