@@ -6,6 +6,7 @@ mod support;
 mod apply;
 mod cli;
 mod commands;
+mod drain;
 mod drift;
 mod github_app;
 mod ingest;
