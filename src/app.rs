@@ -291,7 +291,11 @@ impl App {
             tokio::spawn(async move {
                 shutdown.await;
                 let grace = ctx.config().shutdown_grace;
-                tracing::info!(shutdown_grace_s = grace.as_secs(), "draining: plans go back to the queue, applies may finish within {}", humantime::format_duration(grace));
+                tracing::info!(
+                    shutdown_grace_s = grace.as_secs(),
+                    "draining: plans go back to the queue, applies may finish within {}",
+                    humantime::format_duration(grace)
+                );
                 ctx.shutdown.cancel();
                 tokio::time::sleep(grace).await;
                 tracing::warn!("shutdown grace is over: interrupting running applies");

@@ -109,7 +109,10 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
             match ctx.store.requeue_run(run.id, &node).await {
                 Ok(true) => {
                     // Another replica takes it at once.
-                    tracing::info!("run {} handed back to the queue: this replica is shutting down", run.id);
+                    tracing::info!(
+                        "run {} handed back to the queue: this replica is shutting down",
+                        run.id
+                    );
                     reporter.changed();
                     reporter.finish().await;
                     return;

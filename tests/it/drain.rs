@@ -196,9 +196,7 @@ async fn sigterm_during_a_plan_hands_it_back_and_another_replica_finishes_it() {
             .collect();
         assert_eq!(
             states.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            [
-                "queued", "fetching", "planning", "queued", "fetching", "planning", "planned"
-            ],
+            ["queued", "fetching", "planning", "queued", "fetching", "planning", "planned"],
             "{db:?}: {run}"
         );
         assert_eq!(
