@@ -433,24 +433,32 @@ pub async fn watch(ctx: Arc<Ctx>, listening: impl FnOnce()) {
         POLL_SQLITE
     };
     loop {
+        // `Some(group)`: that group changed; `None`: compare every version
+        // (the poll, or the listener reconnected and may have missed some).
         let notified = async {
             match listener.as_mut() {
-                Some(l) => l.recv().await.map(|n| Some(n.payload().to_string())),
+                Some(l) => l
+                    .try_recv()
+                    .await
+                    .map(|n| n.map(|n| n.payload().to_string())),
                 None => std::future::pending().await,
             }
         };
-        let changed: Vec<String> = tokio::select! {
+        let which: Option<String> = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
             n = notified => match n {
-                Ok(Some(group)) => vec![group],
-                Ok(None) => continue,
+                Ok(group) => group,
                 Err(e) => {
                     tracing::warn!(error = %e, "policy set listener failed");
                     tokio::time::sleep(POLL_SQLITE).await;
-                    continue;
+                    None
                 }
             },
-            _ = tokio::time::sleep(every) => match ctx.store.policy_set_versions().await {
+            _ = tokio::time::sleep(every) => None,
+        };
+        let changed: Vec<String> = match which {
+            Some(group) => vec![group],
+            None => match ctx.store.policy_set_versions().await {
                 Ok(versions) => versions
                     .into_iter()
                     .filter(|(g, v)| ctx.policy_groups.version(g) != Some(*v))
