@@ -101,6 +101,21 @@ async fn a_policy_push_loaded_by_one_replica_is_evaluated_by_the_other() {
             .join(v2.to_string())
             .exists());
 
+        // A broken set loaded by A replaces nothing: v2 stays the stored set.
+        let version = a.ctx.store.policy_set_version("baseline").await.unwrap();
+        let mut broken = policy_files("forbidden");
+        broken.insert(
+            "terraform/no_marker.rego".into(),
+            "package terraform\n\ndeny[msg] { nope nope }\n".into(),
+        );
+        policies.commit(&broken, &[v2], "oops", &["refs/heads/main"]);
+        assert!(gantry::policy::groups::sync(&a.ctx, &group).await.is_err());
+        assert_eq!(
+            a.ctx.store.policy_set_version("baseline").await.unwrap(),
+            version
+        );
+        assert_eq!(active_sha(&a).await.unwrap(), v2.to_string(), "{db:?}");
+
         // With A gone, B's next PR check evaluates the new set.
         a.stop().await;
         b.send_webhook(
