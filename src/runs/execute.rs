@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Ctx, LEASE};
+use crate::app::{Ctx, DRAIN_IN_FLIGHT, LEASE};
 use crate::config::Phase;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
@@ -77,28 +77,61 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
     let reporter = RunReporter::spawn(ctx.clone(), run.id);
     reporter.changed();
 
-    let cancel = ctx.shutdown.child_token();
+    let cancel = ctx.stop_runs.child_token();
     ctx.register_run(run.id, cancel.clone());
     let heartbeat = spawn_heartbeat(ctx, run.id, cancel.clone());
+    // The phases before an apply also stop when this replica starts draining
+    // (the run goes back to the queue); an apply itself uses `cancel`.
+    let before_apply = cancel.child_token();
+    let drain = {
+        let (draining, before_apply) = (ctx.shutdown.clone(), before_apply.clone());
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            before_apply.cancel();
+        })
+    };
 
     let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &cancel, &reporter).await
+        apply_confirmed(ctx, &run, &before_apply, &reporter).await
     } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &cancel, &reporter).await
+        drift_run(ctx, &run, &before_apply, &reporter).await
     } else {
-        plan_run(ctx, &run, &cancel, &reporter).await
+        plan_run(ctx, &run, &before_apply, &reporter).await
     };
+    drain.abort();
     heartbeat.abort();
     ctx.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
 
     if let Err(Failure(reason)) = result {
         if reason == CANCELED && ctx.shutdown.is_cancelled() {
-            // Left active: the next start (or another replica, once the lease
-            // runs out) marks it interrupted; a plan is queued again.
-            tracing::warn!("run {} interrupted by shutdown", run.id);
-            reporter.finish().await;
-            return;
+            let node = ctx.config().node_id.clone();
+            match ctx.store.requeue_run(run.id, &node).await {
+                Ok(true) => {
+                    // Another replica takes it at once.
+                    tracing::info!(
+                        "run {} handed back to the queue: this replica is shutting down",
+                        run.id
+                    );
+                    reporter.changed();
+                    reporter.finish().await;
+                    return;
+                }
+                Ok(false) if cancel.is_cancelled() && !ctx.stop_runs.is_cancelled() => {
+                    // A cancel request (or a lost lease) during the drain:
+                    // recorded below like any other.
+                }
+                result => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "handing run {} back to the queue failed", run.id);
+                    }
+                    // Left active: handed back when this process exits
+                    // (an apply is marked interrupted and locks its workspace).
+                    tracing::warn!("run {} interrupted by shutdown", run.id);
+                    reporter.finish().await;
+                    return;
+                }
+            }
         }
         let (to, reason) = if reason == CANCELED {
             (RunState::Canceled, "canceled on request".to_string())
@@ -746,6 +779,13 @@ async fn apply_phase(
         .await?
         .ok_or_else(|| Failure("the run disappeared".into()))?;
     check_applicable(ctx, &fresh).await?;
+    if cancel.is_cancelled() {
+        // Canceled, or this replica drains: no apply starts now.
+        return Err(Failure::canceled());
+    }
+    // Once applying, only a cancel request, a lost lease or the end of the
+    // shutdown grace stops the run, not the start of a drain.
+    let cancel = &ctx.run_token(run.id).unwrap_or_else(|| cancel.clone());
     if !ctx
         .store
         .transition(run.id, &[from], RunState::Applying, None)
@@ -831,11 +871,14 @@ async fn refuse_tampered_plan(ctx: &Ctx, run: &Run, expected: &str, actual: &str
 struct RunReporter {
     tx: mpsc::UnboundedSender<()>,
     task: tokio::task::JoinHandle<()>,
+    run_id: i64,
+    draining: CancellationToken,
 }
 
 impl RunReporter {
     fn spawn(ctx: Arc<Ctx>, run_id: i64) -> RunReporter {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+        let draining = ctx.shutdown.clone();
         let task = tokio::spawn(async move {
             let mut last_status = None;
             let mut merged_pr: HashMap<String, Option<i64>> = HashMap::new();
@@ -869,7 +912,12 @@ impl RunReporter {
                 }
             }
         });
-        RunReporter { tx, task }
+        RunReporter {
+            tx,
+            task,
+            run_id,
+            draining,
+        }
     }
 
     /// The run's state changed: report it.
@@ -877,11 +925,24 @@ impl RunReporter {
         let _ = self.tx.send(());
     }
 
-    /// Waits until every change so far is reported.
+    /// Waits until every change so far is reported; while the replica
+    /// drains, at most [`DRAIN_IN_FLIGHT`]: a shutdown never waits on VCS
+    /// retries (what is not reported by then is abandoned).
     async fn finish(self) {
         drop(self.tx);
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "run reporter failed");
+        let mut task = self.task;
+        let abandon = async {
+            self.draining.cancelled().await;
+            tokio::time::sleep(DRAIN_IN_FLIGHT).await;
+        };
+        tokio::select! {
+            done = &mut task => if let Err(e) = done {
+                tracing::error!(error = %e, "run reporter failed");
+            },
+            _ = abandon => {
+                tracing::warn!(run.id = self.run_id, "reports of run {} abandoned: shutting down", self.run_id);
+                task.abort();
+            }
         }
     }
 }
