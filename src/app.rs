@@ -19,8 +19,9 @@ use crate::redact::Redactor;
 use crate::store::Store;
 use crate::vcs::Providers;
 
-/// How long a claim on a run or event lasts without a heartbeat.
-pub const LEASE: Duration = Duration::from_secs(60);
+/// How long a claim on a run or event lasts without a heartbeat, unless
+/// `queue.lease` says otherwise (read `config().queue.lease`).
+pub const LEASE: Duration = crate::config::DEFAULT_LEASE;
 
 pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
@@ -240,13 +241,15 @@ impl App {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let ctx = self.ctx;
-        let node = ctx.config().node_id.clone();
-        // Work this node held when it last stopped is taken back at once.
-        let reaped = ctx.store.reap_runs(Some(&node)).await?;
+        // Claims whose lease ran out while no replica was up are taken back at
+        // once. Only expired ones: a live claim may belong to another process,
+        // even one configured with the same node_id. What this process held
+        // before a restart comes back once its lease expires.
+        let reaped = ctx.store.reap_runs().await?;
         for run in &reaped {
-            tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted by a restart", run.id);
+            tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted (its lease expired)", run.id);
         }
-        ctx.store.reap_events(Some(&node)).await?;
+        ctx.store.reap_events().await?;
 
         let mut tasks = JoinSet::new();
         tasks.spawn(crate::queue::dispatcher(ctx.clone()));

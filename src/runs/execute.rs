@@ -8,12 +8,15 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Ctx, LEASE};
+use crate::app::Ctx;
 use crate::config::Phase;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
@@ -21,7 +24,7 @@ use crate::policy::EnforcementLevel;
 use crate::report::{self, Section, COMMENT_MARKER};
 use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
 use crate::runs::{Run, RunKind, RunState};
-use crate::store::{short_sha, Audit};
+use crate::store::{short_sha, Audit, Lease};
 use crate::vcs::{CommitStatus, VcsError};
 
 /// A phase failure: the reason recorded on the run.
@@ -70,7 +73,7 @@ impl From<RunnerError> for Failure {
 }
 
 #[tracing::instrument(skip_all, fields(run.id = run.id, workspace.name = %run.workspace))]
-pub async fn execute(ctx: Arc<Ctx>, run: Run) {
+pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     let ctx = &ctx;
     let started = std::time::Instant::now();
     // Reports go out in the background, in order, so terraform never waits on the VCS API.
@@ -79,23 +82,31 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
 
     let cancel = ctx.shutdown.child_token();
     ctx.register_run(run.id, cancel.clone());
-    let heartbeat = spawn_heartbeat(ctx, run.id, cancel.clone());
+    let lease_lost = Arc::new(AtomicBool::new(false));
+    let heartbeat = spawn_heartbeat(ctx, lease.clone(), cancel.clone(), lease_lost.clone());
 
     let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &cancel, &reporter).await
+        apply_confirmed(ctx, &run, &lease, &cancel, &reporter).await
     } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &cancel, &reporter).await
+        drift_run(ctx, &run, &lease, &cancel, &reporter).await
     } else {
-        plan_run(ctx, &run, &cancel, &reporter).await
+        plan_run(ctx, &run, &lease, &cancel, &reporter).await
     };
     heartbeat.abort();
     ctx.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
 
-    if let Err(Failure(reason)) = result {
+    if lease_lost.load(Ordering::SeqCst) && result.is_err() {
+        // Fenced: terraform was stopped before the lease ran out. The run is
+        // left as it is for the replica that reaps it (a plan is queued again,
+        // an apply is marked interrupted and locks the workspace); this
+        // holder's writes would be stale.
+        tracing::warn!(outcome = ?result.as_ref().err().map(|f| &f.0), "run {} stopped: {LEASE_LOST}", run.id);
+    } else if let Err(Failure(reason)) = result {
         if reason == CANCELED && ctx.shutdown.is_cancelled() {
-            // Left active: the next start (or another replica, once the lease
-            // runs out) marks it interrupted; a plan is queued again.
+            // Left active: once its lease runs out, the reaper (of another
+            // replica, or of this one restarted) marks it interrupted; a plan
+            // is queued again.
             tracing::warn!("run {} interrupted by shutdown", run.id);
             reporter.finish().await;
             return;
@@ -107,12 +118,16 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
         };
         tracing::warn!(reason = %reason, "run {} {}", run.id, to);
         let active = [RunState::Fetching, RunState::Planning, RunState::Applying];
-        if let Err(e) = ctx
+        match ctx
             .store
-            .transition(run.id, &active, to, Some(&reason))
+            .transition(&lease, &active, to, Some(&reason))
             .await
         {
-            tracing::error!(error = %e, "recording the end of run {} failed", run.id);
+            Ok(_) => {}
+            Err(e @ crate::store::StoreError::LeaseLost { .. }) => {
+                tracing::warn!("the end of run {} was not recorded: {e}", run.id)
+            }
+            Err(e) => tracing::error!(error = %e, "recording the end of run {} failed", run.id),
         }
     }
     if let Ok(Some(done)) = ctx.store.run(run.id).await {
@@ -122,30 +137,67 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
     reporter.finish().await;
 }
 
-/// Keeps the lease while the run works. Losing it (another node reaped the run)
-/// or a cancel request stops the run.
-fn spawn_heartbeat(ctx: &Ctx, id: i64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// Why a run stopped when this replica could not keep its lease.
+const LEASE_LOST: &str = "lease lost";
+
+/// Keeps the lease while the run works: renews it every quarter lease. A
+/// cancel request stops the run. So does losing the lease (fencing): when
+/// another holder has it, or when no renewal succeeded for three quarters of
+/// the lease (the database is unreachable), the run's terraform is stopped
+/// and `lost` set, while the last quarter is left for terraform to exit
+/// before any other replica may reap the run and start the workspace again.
+fn spawn_heartbeat(
+    ctx: &Ctx,
+    lease: Lease,
+    cancel: CancellationToken,
+    lost: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     let store = ctx.store.clone();
-    let node = ctx.config().node_id.clone();
+    let duration = ctx.config().queue.lease;
+    let id = lease.id;
+    let every = duration / 4;
+    let hold_for = duration - duration / 4;
     tokio::spawn(async move {
+        let fence = || {
+            tracing::warn!(run.id = id, "run {id}: {LEASE_LOST}; stopping its terraform");
+            lost.store(true, Ordering::SeqCst);
+            cancel.cancel();
+        };
+        // The claim was made just before; renewals are counted from when they were sent.
+        let mut renewed = Instant::now();
+        let mut next = renewed + every;
         loop {
+            let fence_at = renewed + hold_for;
             tokio::select! {
-                _ = tokio::time::sleep(LEASE / 4) => {}
+                _ = tokio::time::sleep_until(next.min(fence_at)) => {}
                 _ = cancel.cancelled() => return,
             }
-            match store.heartbeat(id, &node, LEASE).await {
-                Ok(Some(false)) => {}
-                Ok(Some(true)) => {
+            if Instant::now() >= fence_at {
+                return fence();
+            }
+            let sent = Instant::now();
+            match tokio::time::timeout_at(fence_at, store.heartbeat(&lease, duration)).await {
+                Ok(Ok(Some(false))) => {
+                    renewed = sent;
+                    next = sent + every;
+                }
+                Ok(Ok(Some(true))) => {
                     tracing::info!(run.id = id, "run {id} cancel requested");
                     cancel.cancel();
                     return;
                 }
-                Ok(None) => {
-                    tracing::warn!(run.id = id, "run {id} lost its lease; stopping");
-                    cancel.cancel();
+                Ok(Ok(None)) => {
+                    // Reaped or claimed again, or already out of the active states.
+                    if !cancel.is_cancelled() {
+                        fence();
+                    }
                     return;
                 }
-                Err(e) => tracing::warn!(run.id = id, error = %e, "heartbeat failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(run.id = id, error = %e, "heartbeat of run {id} failed; retrying");
+                    next = Instant::now() + (every / 4).max(Duration::from_millis(100));
+                }
+                Err(_) => return fence(),
             }
         }
     })
@@ -272,11 +324,16 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
 }
 
 /// Checks the run's commit out and moves it to `planning`.
-async fn start_planning(ctx: &Ctx, run: &Run, reporter: &RunReporter) -> Result<Prepared, Failure> {
+async fn start_planning(
+    ctx: &Ctx,
+    run: &Run,
+    lease: &Lease,
+    reporter: &RunReporter,
+) -> Result<Prepared, Failure> {
     let prepared = prepare(ctx, run).await?;
     if !ctx
         .store
-        .transition(run.id, &[RunState::Fetching], RunState::Planning, None)
+        .transition(lease, &[RunState::Fetching], RunState::Planning, None)
         .await?
     {
         return Err(Failure("run changed state while fetching".into()));
@@ -288,10 +345,11 @@ async fn start_planning(ctx: &Ctx, run: &Run, reporter: &RunReporter) -> Result<
 async fn plan_run(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
 ) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, reporter).await?;
+    let prepared = start_planning(ctx, run, lease, reporter).await?;
     let state_version = crate::state::current_version(&ctx.store, &prepared.workspace.name).await?;
     let out = match prepared.runner.plan(&prepared.request, cancel).await {
         Ok(out) => out,
@@ -333,7 +391,7 @@ async fn plan_run(
 
     if run.kind == RunKind::Plan {
         ctx.store
-            .transition(run.id, &[RunState::Planning], RunState::Planned, None)
+            .transition(lease, &[RunState::Planning], RunState::Planned, None)
             .await?;
         return Ok(());
     }
@@ -341,7 +399,7 @@ async fn plan_run(
     if !out.summary.has_changes() {
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::Applied,
                 Some("no changes to apply"),
@@ -368,7 +426,7 @@ async fn plan_run(
             );
             ctx.store
                 .transition(
-                    run.id,
+                    lease,
                     &[RunState::Planning],
                     RunState::NeedsConfirmation,
                     Some(&reason),
@@ -385,7 +443,7 @@ async fn plan_run(
         );
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::NeedsConfirmation,
                 Some(&reason),
@@ -396,7 +454,7 @@ async fn plan_run(
     if !prepared.workspace.auto_apply {
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::NeedsConfirmation,
                 Some("waiting for confirmation"),
@@ -417,6 +475,7 @@ async fn plan_run(
     apply_phase(
         ctx,
         run,
+        lease,
         &prepared,
         RunState::Planning,
         false,
@@ -431,10 +490,11 @@ async fn plan_run(
 async fn drift_run(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
 ) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, reporter).await?;
+    let prepared = start_planning(ctx, run, lease, reporter).await?;
     let mode = prepared.workspace.drift_mode;
     let out = match prepared
         .runner
@@ -479,7 +539,7 @@ async fn drift_run(
     };
     ctx.store
         .transition(
-            run.id,
+            lease,
             &[RunState::Planning],
             RunState::Planned,
             Some(&reason),
@@ -672,6 +732,7 @@ pub(crate) async fn tfrun(
 async fn apply_confirmed(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
 ) -> Result<(), Failure> {
@@ -680,6 +741,7 @@ async fn apply_confirmed(
     apply_phase(
         ctx,
         run,
+        lease,
         &prepared,
         RunState::Fetching,
         true,
@@ -732,6 +794,7 @@ async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
 async fn apply_phase(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     prepared: &Prepared,
     from: RunState,
     init: bool,
@@ -748,7 +811,7 @@ async fn apply_phase(
     check_applicable(ctx, &fresh).await?;
     if !ctx
         .store
-        .transition(run.id, &[from], RunState::Applying, None)
+        .transition(lease, &[from], RunState::Applying, None)
         .await?
     {
         return Err(Failure("run changed state before applying".into()));
@@ -788,7 +851,7 @@ async fn apply_phase(
     }
     result?;
     ctx.store
-        .transition(run.id, &[RunState::Applying], RunState::Applied, None)
+        .transition(lease, &[RunState::Applying], RunState::Applied, None)
         .await?;
     Ok(())
 }
