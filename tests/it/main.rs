@@ -9,6 +9,7 @@ mod commands;
 mod drift;
 mod github_app;
 mod ingest;
+mod leases;
 mod policy;
 mod pr_checks;
 mod providers;
