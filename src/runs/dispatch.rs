@@ -55,7 +55,11 @@ fn renew_while_dispatching(ctx: &Ctx, lease: &Lease) -> AbortOnDrop {
             match store.renew_event(&lease, duration).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(event.id = lease.id, "event {} lost its lease; this dispatch's result will be ignored", lease.id);
+                    tracing::warn!(
+                        event.id = lease.id,
+                        "event {} lost its lease; this dispatch's result will be ignored",
+                        lease.id
+                    );
                     return;
                 }
                 Err(e) => {
@@ -80,9 +84,14 @@ fn log_write(result: Result<(), StoreError>, what: &str, event_id: i64) {
     match result {
         Ok(()) => {}
         Err(e @ StoreError::LeaseLost { .. }) => {
-            tracing::warn!(event.id = event_id, "{what} of event {event_id} ignored: {e}")
+            tracing::warn!(
+                event.id = event_id,
+                "{what} of event {event_id} ignored: {e}"
+            )
         }
-        Err(e) => tracing::error!(event.id = event_id, error = %e, "{what} of event {event_id} failed"),
+        Err(e) => {
+            tracing::error!(event.id = event_id, error = %e, "{what} of event {event_id} failed")
+        }
     }
 }
 

@@ -104,10 +104,13 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
         tracing::warn!(outcome = ?result.as_ref().err().map(|f| &f.0), "run {} stopped: {LEASE_LOST}", run.id);
     } else if let Err(Failure(reason)) = result {
         if reason == CANCELED && ctx.shutdown.is_cancelled() {
-            // Left active: once its lease runs out, the reaper (of another
-            // replica, or of this one restarted) marks it interrupted; a plan
-            // is queued again.
+            // Left active, its lease ended now that terraform has stopped: the
+            // reaper (of another replica, or of this one restarted) marks it
+            // interrupted at once; a plan is queued again.
             tracing::warn!("run {} interrupted by shutdown", run.id);
+            if let Err(e) = ctx.store.expire_lease(&lease).await {
+                tracing::warn!(error = %e, "releasing the lease of run {} failed", run.id);
+            }
             reporter.finish().await;
             return;
         }
@@ -159,7 +162,10 @@ fn spawn_heartbeat(
     let hold_for = duration - duration / 4;
     tokio::spawn(async move {
         let fence = || {
-            tracing::warn!(run.id = id, "run {id}: {LEASE_LOST}; stopping its terraform");
+            tracing::warn!(
+                run.id = id,
+                "run {id}: {LEASE_LOST}; stopping its terraform"
+            );
             lost.store(true, Ordering::SeqCst);
             cancel.cancel();
         };
@@ -791,6 +797,7 @@ async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn apply_phase(
     ctx: &Ctx,
     run: &Run,

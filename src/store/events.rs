@@ -142,7 +142,10 @@ impl Store {
         match result {
             Ok(Some(row)) => {
                 let event = event_from_row(&row)?;
-                let lease = Lease { id: event.id, token };
+                let lease = Lease {
+                    id: event.id,
+                    token,
+                };
                 Ok(Some((event, lease)))
             }
             Ok(None) => Ok(None),

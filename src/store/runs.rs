@@ -482,6 +482,22 @@ impl Store {
         Ok(flag.map(|f| f != 0))
     }
 
+    /// Ends this holder's lease now, keeping the run as it is: its worker
+    /// stopped (shutdown) and the run is the reaper's to take back at once,
+    /// here after a restart or on another replica. False when the lease was no
+    /// longer this one.
+    pub async fn expire_lease(&self, lease: &Lease) -> StoreResult<bool> {
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET lease_until = $3 WHERE id = $1 AND lease_token = $2 AND state IN {ACTIVE}"
+        ))
+        .bind(lease.id)
+        .bind(&lease.token)
+        .bind(now_ms() - 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks runs whose worker died `errored` ("interrupted"): those whose
     /// lease expired, whoever held them (a crashed process, or a replica fenced
     /// off from the database, which stopped its terraform before the lease ran

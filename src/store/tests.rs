@@ -256,6 +256,10 @@ async fn a_live_lease_is_never_reaped_whatever_the_node_id() {
             s.run(run.id).await.unwrap().unwrap().state,
             RunState::Fetching
         );
+        // Its holder stops (a shutdown) and ends the lease: reaped at once.
+        assert!(s.expire_lease(&lease).await.unwrap());
+        assert_eq!(s.reap_runs().await.unwrap().len(), 1);
+        assert!(!s.expire_lease(&lease).await.unwrap());
     }
 }
 
@@ -315,7 +319,9 @@ async fn events_of_one_repository_dispatch_one_at_a_time() {
             s.claim_event("n", LEASE).await.unwrap().is_none(),
             "b waits for a"
         );
-        s.complete_dispatch(&lease, "done", &[], None).await.unwrap();
+        s.complete_dispatch(&lease, "done", &[], None)
+            .await
+            .unwrap();
         let (second, _) = s.claim_event("n", SHORT).await.unwrap().unwrap();
         assert_eq!(second.id, b);
         // A live claim is not reaped; a dispatcher that died gives its event back.
@@ -345,7 +351,10 @@ async fn a_stale_dispatch_completion_changes_nothing() {
         let late = s
             .complete_dispatch(&stale, "late", &[new_run("a", None, "1", Some(id))], None)
             .await;
-        assert!(matches!(late, Err(StoreError::LeaseLost { .. })), "{late:?}");
+        assert!(
+            matches!(late, Err(StoreError::LeaseLost { .. })),
+            "{late:?}"
+        );
         assert!(s.retry_dispatch(&stale, "x", SHORT).await.is_err());
         assert!(s.fail_dispatch(&stale, "x").await.is_err());
         assert!(!s.renew_event(&stale, LEASE).await.unwrap());

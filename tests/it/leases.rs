@@ -3,6 +3,7 @@
 //! stops that run's terraform before another replica may take the run over.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
@@ -157,66 +158,128 @@ async fn active_interval(store: &gantry::store::Store, run_id: i64) -> (i64, i64
     (start, end)
 }
 
+/// The admin URL of PostgreSQL, when the tests have one.
+fn postgres() -> Option<Db> {
+    databases()
+        .into_iter()
+        .find(|d| matches!(d, Db::Postgres(_)))
+}
+
+/// A terraform wrapper whose first `step` (plan or apply) runs until it is
+/// interrupted, and writes into `marks` when it started (its pid), when it was
+/// stopped, or that it finished (ms since the epoch); other calls run terraform.
+fn interruptible_first(step: &str, marks: &Path) -> String {
+    format!(
+        "#!/bin/sh\n\
+         if [ \"$1\" = {step} ] && mkdir \"{m}/first\" 2>/dev/null; then\n\
+           trap 'date +%s%3N > \"{m}/stopped\"; exit 130' INT TERM\n\
+           echo $$ > \"{m}/started\"\n\
+           sleep 120 &\n\
+           wait $!\n\
+           date +%s%3N > \"{m}/finished\"\n\
+           exit 1\n\
+         fi\n\
+         exec \"{tf}\" \"$@\"\n",
+        m = marks.display(),
+        tf = terraform_bin(),
+    )
+}
+
+/// Two replicas on one PostgreSQL database: A (started now) reaches it through
+/// a [`Proxy`] the test cuts; B (started later from the YAML returned) directly,
+/// with its own `data_dir`. terraform is the [`interruptible_first`] `step`.
+struct TwoReplicas {
+    a: TestApp,
+    proxy: Proxy,
+    yaml_b: String,
+    marks: std::path::PathBuf,
+}
+
+async fn two_replicas(env: &TestEnv, step: &str, workspaces: &str) -> TwoReplicas {
+    let marks = env.dir.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let wrapper = env.dir.path().join("interruptible-terraform");
+    write_script(&wrapper, &interruptible_first(step, &marks));
+    let yaml = env
+        .config_yaml(workspaces, 1, "127.0.0.1:0", &wrapper.display().to_string())
+        // The wrapper writes its marks outside the run's directories.
+        .replace("runner:\n", "runner:\n  sandbox: off\n")
+        + &lease(4);
+    let (_, upstream) = via(&env.db_url, "unused");
+    let proxy = Proxy::start(upstream).await;
+    let (through_proxy, _) = via(&env.db_url, &proxy.addr.to_string());
+    let yaml_a = yaml.replace(&env.db_url, &through_proxy) + "node_id: replica-a\n";
+    let yaml_b = yaml.replace(
+        &env.data_dir().display().to_string(),
+        &env.dir.path().join("data-b").display().to_string(),
+    ) + "node_id: replica-b\n";
+    let a = env.spawn_app(&yaml_a).await;
+    TwoReplicas {
+        a,
+        proxy,
+        yaml_b,
+        marks,
+    }
+}
+
+impl TwoReplicas {
+    /// Waits until A's terraform runs the interruptible step; its pid.
+    async fn wait_started(&self) -> i32 {
+        wait_until(Duration::from_secs(60), || async {
+            std::fs::read_to_string(self.marks.join("started"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+        })
+        .await
+    }
+
+    /// Cuts A off, then waits until A's terraform says it was stopped (ms),
+    /// and checks the process is gone (or only waits to be reaped).
+    async fn cut_a_and_wait_stopped(self, pid: i32) -> (TestApp, i64) {
+        self.proxy.sever().await;
+        let stopped_at: i64 = wait_until(Duration::from_secs(30), || async {
+            std::fs::read_to_string(self.marks.join("stopped"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+        })
+        .await;
+        assert!(!self.marks.join("finished").exists());
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"),
+            "terraform still running: {stat}"
+        );
+        (self.a, stopped_at)
+    }
+}
+
+async fn states(store: &gantry::store::Store, run_id: i64) -> Vec<String> {
+    store
+        .transitions(run_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.state)
+        .collect()
+}
+
+const DNS: &str = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
+
 #[tokio::test]
-async fn a_replica_cut_off_from_the_database_stops_its_terraform_and_another_reruns_the_plan_once(
-) {
-    let Some(Db::Postgres(admin)) = databases().into_iter().find(|d| matches!(d, Db::Postgres(_)))
-    else {
+async fn a_replica_cut_off_from_the_database_stops_its_plan_and_another_reruns_it_once() {
+    let Some(db) = postgres() else {
         eprintln!("GANTRY_TEST_POSTGRES_URL not set: the fencing test needs PostgreSQL");
         return;
     };
-    let env = TestEnv::new(&Db::Postgres(admin)).await;
+    let env = TestEnv::new(&db).await;
     let (_, base, head) = env.origin.standard_change(
         vec![("dns/main.tf", null_config("dns-v2"))],
         "dns",
         &["refs/pull/7/head"],
     );
-    // terraform whose first plan runs until it is interrupted, and says when.
-    let marks = env.dir.path().join("marks");
-    std::fs::create_dir_all(&marks).unwrap();
-    let wrapper = env.dir.path().join("slow-first-plan");
-    write_script(
-        &wrapper,
-        &format!(
-            "#!/bin/sh\n\
-             if [ \"$1\" = plan ] && mkdir \"{m}/first\" 2>/dev/null; then\n\
-               trap 'date +%s%3N > \"{m}/stopped\"; exit 130' INT TERM\n\
-               echo $$ > \"{m}/started\"\n\
-               sleep 120 &\n\
-               wait $!\n\
-               date +%s%3N > \"{m}/finished\"\n\
-               exit 1\n\
-             fi\n\
-             exec \"{tf}\" \"$@\"\n",
-            m = marks.display(),
-            tf = terraform_bin(),
-        ),
-    );
-    let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
-    let yaml = env
-        .config_yaml(
-            workspaces,
-            1,
-            "127.0.0.1:0",
-            &wrapper.display().to_string(),
-        )
-        // The wrapper writes its marks outside the run's directories.
-        .replace("runner:\n", "runner:\n  sandbox: off\n")
-        + &lease(4);
-
-    // Replica A reaches PostgreSQL through the proxy; B directly, with its own data_dir.
-    let (_, upstream) = via(&env.db_url, "unused");
-    let proxy = Proxy::start(upstream).await;
-    let (through_proxy, _) = via(&env.db_url, &proxy.addr.to_string());
-    let yaml_a = yaml.replace(&env.db_url, &through_proxy) + "node_id: replica-a\n";
-    let data_b = env.dir.path().join("data-b");
-    let yaml_b = yaml.replace(
-        &env.data_dir().display().to_string(),
-        &data_b.display().to_string(),
-    ) + "node_id: replica-b\n";
-
-    let a = env.spawn_app(&yaml_a).await;
-    let r = a
+    let replicas = two_replicas(&env, "plan", DNS).await;
+    let r = replicas
+        .a
         .send_webhook(
             "pull_request",
             "open-1",
@@ -225,39 +288,19 @@ async fn a_replica_cut_off_from_the_database_stops_its_terraform_and_another_rer
         .await;
     assert_eq!(r.status(), 202);
     // A plans; its terraform is running.
-    let pid: i32 = wait_until(Duration::from_secs(60), || async {
-        std::fs::read_to_string(marks.join("started"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-    })
-    .await;
-    let first = a.runs().await;
+    let pid = replicas.wait_started().await;
+    let first = replicas.a.runs().await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0]["state"], "planning");
     let first_id = first[0]["id"].as_i64().unwrap();
 
     // B starts: A's claim is live, so B's start-up reaping leaves it alone.
-    let b = env.spawn_app(&yaml_b).await;
+    let b = env.spawn_app(&replicas.yaml_b).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(b.runs().await[0]["state"], "planning");
 
-    // A loses the database.
-    proxy.sever().await;
-
-    // A stops its terraform on its own, before its lease runs out.
-    let stopped_at: i64 = wait_until(Duration::from_secs(30), || async {
-        std::fs::read_to_string(marks.join("stopped"))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-    })
-    .await;
-    assert!(!marks.join("finished").exists());
-    // The interrupted terraform is gone (or only waits to be reaped).
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(
-        stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"),
-        "terraform still running: {stat}"
-    );
+    // A loses the database and stops its terraform on its own.
+    let (a, stopped_at) = replicas.cut_a_and_wait_stopped(pid).await;
 
     // B reaps the run once the lease expired and plans it again, once.
     let runs = wait_until(Duration::from_secs(120), || async {
@@ -276,14 +319,10 @@ async fn a_replica_cut_off_from_the_database_stops_its_terraform_and_another_rer
 
     // A wrote nothing after it was fenced: the reaper's record stands.
     let store = &b.ctx.store;
-    let states: Vec<String> = store
-        .transitions(first_id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.state)
-        .collect();
-    assert_eq!(states, ["queued", "fetching", "planning", "errored"]);
+    assert_eq!(
+        states(store, first_id).await,
+        ["queued", "fetching", "planning", "errored"]
+    );
 
     // Never two active runs of the workspace at once: by the records, and by
     // when terraform really stopped.
@@ -295,7 +334,72 @@ async fn a_replica_cut_off_from_the_database_stops_its_terraform_and_another_rer
         stopped_at <= retry_start,
         "A's terraform stopped at {stopped_at}, after the retry started at {retry_start}"
     );
+
     b.stop().await;
     // A cannot stop cleanly without its database; dropping it stops its tasks.
+    drop(a);
+}
+
+#[tokio::test]
+async fn an_apply_whose_replica_is_cut_off_is_stopped_marked_interrupted_and_locked() {
+    let Some(db) = postgres() else {
+        eprintln!("GANTRY_TEST_POSTGRES_URL not set: the fencing test needs PostgreSQL");
+        return;
+    };
+    let env = TestEnv::new(&db).await;
+    let base = env.origin.commit(
+        &crate::support::origin::standard_files(),
+        &[],
+        "initial",
+        &["refs/heads/main"],
+    );
+    let mut files = crate::support::origin::standard_files();
+    files.insert("dns/main.tf".into(), null_config("dns-v2"));
+    let merged = env
+        .origin
+        .commit(&files, &[base], "merge", &["refs/heads/main"]);
+    let replicas = two_replicas(&env, "apply", &format!("{DNS}    auto_apply: true\n")).await;
+    let r = replicas
+        .a
+        .send_webhook(
+            "push",
+            "push-1",
+            &push_payload("main", &base.to_string(), &merged.to_string()),
+        )
+        .await;
+    assert_eq!(r.status(), 202);
+    let pid = replicas.wait_started().await;
+    let runs = replicas.a.runs().await;
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["state"], "applying");
+    let id = runs[0]["id"].as_i64().unwrap();
+    let b = env.spawn_app(&replicas.yaml_b).await;
+
+    let (a, stopped_at) = replicas.cut_a_and_wait_stopped(pid).await;
+
+    let run = wait_until(Duration::from_secs(120), || async {
+        let runs = b.runs().await;
+        (runs[0]["state"] == "errored").then(|| runs)
+    })
+    .await;
+    // Reaped in one transaction with the lock, and never retried.
+    assert_eq!(run.len(), 1, "{run:?}");
+    assert_eq!(run[0]["state_reason"], "interrupted during apply");
+    let store = &b.ctx.store;
+    assert_eq!(
+        states(store, id).await,
+        ["queued", "fetching", "planning", "applying", "errored"]
+    );
+    let (_, ended) = active_interval(store, id).await;
+    assert!(stopped_at <= ended, "{stopped_at} > {ended}");
+    let lock = store.workspace_lock("dns").await.unwrap().expect("locked");
+    assert_eq!(lock.run_id, Some(id));
+    assert!(
+        lock.reason.contains("interrupted during apply"),
+        "{}",
+        lock.reason
+    );
+
+    b.stop().await;
     drop(a);
 }
