@@ -379,7 +379,7 @@ async fn an_apply_whose_replica_is_cut_off_is_stopped_marked_interrupted_and_loc
 
     let run = wait_until(Duration::from_secs(120), || async {
         let runs = b.runs().await;
-        (runs[0]["state"] == "errored").then(|| runs)
+        (runs[0]["state"] == "errored").then_some(runs)
     })
     .await;
     // Reaped in one transaction with the lock, and never retried.
