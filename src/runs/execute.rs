@@ -8,12 +8,9 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Ctx;
@@ -23,6 +20,7 @@ use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
 use crate::report::{self, Section, COMMENT_MARKER};
 use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
+use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
 use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, Audit, Lease};
 use crate::vcs::{CommitStatus, VcsError};
@@ -82,8 +80,12 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
 
     let cancel = ctx.shutdown.child_token();
     ctx.register_run(run.id, cancel.clone());
-    let lease_lost = Arc::new(AtomicBool::new(false));
-    let heartbeat = spawn_heartbeat(ctx, lease.clone(), cancel.clone(), lease_lost.clone());
+    let heartbeat = Heartbeat::spawn(
+        ctx.store.clone(),
+        lease.clone(),
+        ctx.config().queue.lease,
+        cancel.clone(),
+    );
 
     let result = if run.apply_requested {
         apply_confirmed(ctx, &run, &lease, &cancel, &reporter).await
@@ -92,11 +94,11 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     } else {
         plan_run(ctx, &run, &lease, &cancel, &reporter).await
     };
-    heartbeat.abort();
+    let fenced = heartbeat.stop();
     ctx.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
 
-    if lease_lost.load(Ordering::SeqCst) && result.is_err() {
+    if fenced && result.is_err() {
         // Fenced: terraform was stopped before the lease ran out. The run is
         // left as it is for the replica that reaps it (a plan is queued again,
         // an apply is marked interrupted and locks the workspace); this
@@ -138,75 +140,6 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     }
     reporter.changed();
     reporter.finish().await;
-}
-
-/// Why a run stopped when this replica could not keep its lease.
-const LEASE_LOST: &str = "lease lost";
-
-/// Keeps the lease while the run works: renews it every quarter lease. A
-/// cancel request stops the run. So does losing the lease (fencing): when
-/// another holder has it, or when no renewal succeeded for three quarters of
-/// the lease (the database is unreachable), the run's terraform is stopped
-/// and `lost` set, while the last quarter is left for terraform to exit
-/// before any other replica may reap the run and start the workspace again.
-fn spawn_heartbeat(
-    ctx: &Ctx,
-    lease: Lease,
-    cancel: CancellationToken,
-    lost: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    let store = ctx.store.clone();
-    let duration = ctx.config().queue.lease;
-    let id = lease.id;
-    let every = duration / 4;
-    let hold_for = duration - duration / 4;
-    tokio::spawn(async move {
-        let fence = || {
-            tracing::warn!(
-                run.id = id,
-                "run {id}: {LEASE_LOST}; stopping its terraform"
-            );
-            lost.store(true, Ordering::SeqCst);
-            cancel.cancel();
-        };
-        // The claim was made just before; renewals are counted from when they were sent.
-        let mut renewed = Instant::now();
-        let mut next = renewed + every;
-        loop {
-            let fence_at = renewed + hold_for;
-            tokio::select! {
-                _ = tokio::time::sleep_until(next.min(fence_at)) => {}
-                _ = cancel.cancelled() => return,
-            }
-            if Instant::now() >= fence_at {
-                return fence();
-            }
-            let sent = Instant::now();
-            match tokio::time::timeout_at(fence_at, store.heartbeat(&lease, duration)).await {
-                Ok(Ok(Some(false))) => {
-                    renewed = sent;
-                    next = sent + every;
-                }
-                Ok(Ok(Some(true))) => {
-                    tracing::info!(run.id = id, "run {id} cancel requested");
-                    cancel.cancel();
-                    return;
-                }
-                Ok(Ok(None)) => {
-                    // Reaped or claimed again, or already out of the active states.
-                    if !cancel.is_cancelled() {
-                        fence();
-                    }
-                    return;
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(run.id = id, error = %e, "heartbeat of run {id} failed; retrying");
-                    next = Instant::now() + (every / 4).max(Duration::from_millis(100));
-                }
-                Err(_) => return fence(),
-            }
-        }
-    })
 }
 
 fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
