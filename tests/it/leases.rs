@@ -32,15 +32,15 @@ async fn a_dispatch_slower_than_the_lease_is_dispatched_once() {
         env.github.set_pr_head(7, &head.to_string());
         env.github.set_permission("octocat", "write");
         // The dispatch of `/gantry plan` reads the pull request: that call takes
-        // five leases.
+        // three leases.
         env.github
-            .delay("/repos/acme/infra/pulls/7", Duration::from_secs(5));
+            .delay("/repos/acme/infra/pulls/7", Duration::from_secs(6));
         let yaml = env.config_yaml(
             TestEnv::standard_workspaces(),
             2,
             "127.0.0.1:0",
             &terraform_bin(),
-        ) + &lease(1);
+        ) + &lease(2);
         let app = env.spawn_app(&yaml).await;
         let payload = payload(
             "issue_comment.created.json",
