@@ -333,6 +333,19 @@ pub enum SandboxMode {
     Off,
 }
 
+/// The durable queues (events to dispatch, runs to work).
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// How long a claim on an event or run lasts without a heartbeat.
+    /// Heartbeats renew it every quarter of it; a worker that could not renew
+    /// for three quarters of it stops its terraform, and once it has run out
+    /// another replica takes the work back.
+    pub lease: Duration,
+}
+
+/// The lease when `queue.lease` is not set.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub sandbox: SandboxMode,
@@ -351,8 +364,12 @@ pub struct Config {
     pub api_token: SecretString,
     /// Base URL under which users reach this daemon, for links in statuses.
     pub public_url: Option<String>,
-    /// Identifies this process's claims in the run queue. Defaults to the host name.
+    /// Names this process in the claims it holds (shown in logs and rows).
+    /// Defaults to the host name plus a random suffix, new for each process,
+    /// so two processes never share an id; claims themselves are told apart
+    /// by their lease token, whatever the id.
     pub node_id: String,
+    pub queue: QueueConfig,
     pub terraform: TerraformConfig,
     pub runner: RunnerConfig,
     /// Files gantry's configuration names that hold secrets (GitHub App keys),
@@ -590,6 +607,17 @@ impl<'a> Validator<'a> {
             }
         }
         let node_id = raw.node_id.clone().unwrap_or_else(default_node_id);
+        let lease = match raw.queue.lease.as_deref() {
+            None => Some(DEFAULT_LEASE),
+            Some(l) => self.duration("queue.lease", l).and_then(|d| {
+                if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                    self.err("queue.lease", format!("`{l}` must be between 1s and 1h"));
+                    None
+                } else {
+                    Some(d)
+                }
+            }),
+        };
 
         let terraform = self.terraform(&raw);
         let sandbox = match raw.runner.sandbox.as_deref() {
@@ -659,6 +687,9 @@ impl<'a> Validator<'a> {
             api_token: api_token.expect("validated"),
             public_url,
             node_id,
+            queue: QueueConfig {
+                lease: lease.unwrap_or(DEFAULT_LEASE),
+            },
             terraform: terraform.expect("validated"),
             runner: RunnerConfig {
                 sandbox,
@@ -1157,13 +1188,23 @@ fn shipped_catalog() -> Arc<crate::cost::Catalog> {
 /// Long enough for most applies; Kubernetes must wait longer than this.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30 * 60);
 
+/// The host name plus a random suffix chosen once per process: containers
+/// (or replicas sharing one config) often share a host name, and a process
+/// restarted on the same host is a new holder. Stable across config reloads.
 fn default_node_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "gantry".to_string())
+    static NODE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NODE_ID
+        .get_or_init(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "gantry".to_string());
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}", &suffix[..8])
+        })
+        .clone()
 }
 
 #[cfg(test)]

@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub runner: RawRunner,
     #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
     pub pricing_dir: Option<String>,
     #[serde(default)]
     pub allow_fork_prs: bool,
@@ -93,6 +95,14 @@ pub struct RawPolicyGroup {
     #[serde(default = "default_dir")]
     pub path: String,
     pub environments: Vec<String>,
+}
+
+/// The durable queues' claims.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawQueue {
+    /// How long a claim lasts without a heartbeat, e.g. `60s`.
+    #[serde(default)]
+    pub lease: Option<String>,
 }
 
 /// How terraform processes run.

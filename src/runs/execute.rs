@@ -13,15 +13,16 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Ctx, DRAIN_IN_FLIGHT, LEASE};
+use crate::app::{Ctx, DRAIN_IN_FLIGHT};
 use crate::config::Phase;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
 use crate::report::{self, Section, COMMENT_MARKER};
 use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
+use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
 use crate::runs::{Run, RunKind, RunState};
-use crate::store::{short_sha, Audit};
+use crate::store::{short_sha, Audit, Lease};
 use crate::vcs::{CommitStatus, VcsError};
 
 /// A phase failure: the reason recorded on the run.
@@ -70,7 +71,7 @@ impl From<RunnerError> for Failure {
 }
 
 #[tracing::instrument(skip_all, fields(run.id = run.id, workspace.name = %run.workspace))]
-pub async fn execute(ctx: Arc<Ctx>, run: Run) {
+pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     let ctx = &ctx;
     let started = std::time::Instant::now();
     // Reports go out in the background, in order, so terraform never waits on the VCS API.
@@ -79,7 +80,12 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
 
     let cancel = ctx.stop_runs.child_token();
     ctx.register_run(run.id, cancel.clone());
-    let heartbeat = spawn_heartbeat(ctx, run.id, cancel.clone());
+    let heartbeat = Heartbeat::spawn(
+        ctx.store.clone(),
+        lease.clone(),
+        ctx.config().queue.lease,
+        cancel.clone(),
+    );
     // The phases before an apply also stop when this replica starts draining
     // (the run goes back to the queue); an apply itself uses `cancel`.
     let before_apply = cancel.child_token();
@@ -92,21 +98,27 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
     };
 
     let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &before_apply, &reporter).await
+        apply_confirmed(ctx, &run, &lease, &before_apply, &reporter).await
     } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &before_apply, &reporter).await
+        drift_run(ctx, &run, &lease, &before_apply, &reporter).await
     } else {
-        plan_run(ctx, &run, &before_apply, &reporter).await
+        plan_run(ctx, &run, &lease, &before_apply, &reporter).await
     };
     drain.abort();
-    heartbeat.abort();
+    let fenced = heartbeat.stop();
     ctx.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
 
-    if let Err(Failure(reason)) = result {
+    if fenced && result.is_err() {
+        // Fenced: terraform was stopped before the lease ran out. The run is
+        // left as it is for the replica that reaps it (a plan is queued again,
+        // an apply is marked interrupted and locks the workspace); this
+        // holder's writes would be stale.
+        tracing::warn!(outcome = ?result.as_ref().err().map(|f| &f.0), "run {} stopped: {LEASE_LOST}", run.id);
+    } else if let Err(Failure(reason)) = result {
         if reason == CANCELED && ctx.shutdown.is_cancelled() {
             let node = ctx.config().node_id.clone();
-            match ctx.store.requeue_run(run.id, &node).await {
+            match ctx.store.requeue_run(&lease, &node).await {
                 Ok(true) => {
                     // Another replica takes it at once.
                     tracing::info!(
@@ -118,16 +130,21 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
                     return;
                 }
                 Ok(false) if cancel.is_cancelled() && !ctx.stop_runs.is_cancelled() => {
-                    // A cancel request (or a lost lease) during the drain:
-                    // recorded below like any other.
+                    // A cancel request during the drain: recorded below like
+                    // any other.
                 }
                 result => {
                     if let Err(e) = result {
                         tracing::error!(error = %e, "handing run {} back to the queue failed", run.id);
                     }
-                    // Left active: handed back when this process exits
-                    // (an apply is marked interrupted and locks its workspace).
+                    // Left active, its lease ended now that terraform has
+                    // stopped: the reaper (of another replica, or of this one
+                    // as it exits) marks it interrupted at once; an apply
+                    // locks its workspace.
                     tracing::warn!("run {} interrupted by shutdown", run.id);
+                    if let Err(e) = ctx.store.expire_lease(&lease).await {
+                        tracing::warn!(error = %e, "releasing the lease of run {} failed", run.id);
+                    }
                     reporter.finish().await;
                     return;
                 }
@@ -140,12 +157,16 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
         };
         tracing::warn!(reason = %reason, "run {} {}", run.id, to);
         let active = [RunState::Fetching, RunState::Planning, RunState::Applying];
-        if let Err(e) = ctx
+        match ctx
             .store
-            .transition(run.id, &active, to, Some(&reason))
+            .transition(&lease, &active, to, Some(&reason))
             .await
         {
-            tracing::error!(error = %e, "recording the end of run {} failed", run.id);
+            Ok(_) => {}
+            Err(e @ crate::store::StoreError::LeaseLost { .. }) => {
+                tracing::warn!("the end of run {} was not recorded: {e}", run.id)
+            }
+            Err(e) => tracing::error!(error = %e, "recording the end of run {} failed", run.id),
         }
     }
     if let Ok(Some(done)) = ctx.store.run(run.id).await {
@@ -153,35 +174,6 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
     }
     reporter.changed();
     reporter.finish().await;
-}
-
-/// Keeps the lease while the run works. Losing it (another node reaped the run)
-/// or a cancel request stops the run.
-fn spawn_heartbeat(ctx: &Ctx, id: i64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let store = ctx.store.clone();
-    let node = ctx.config().node_id.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(LEASE / 4) => {}
-                _ = cancel.cancelled() => return,
-            }
-            match store.heartbeat(id, &node, LEASE).await {
-                Ok(Some(false)) => {}
-                Ok(Some(true)) => {
-                    tracing::info!(run.id = id, "run {id} cancel requested");
-                    cancel.cancel();
-                    return;
-                }
-                Ok(None) => {
-                    tracing::warn!(run.id = id, "run {id} lost its lease; stopping");
-                    cancel.cancel();
-                    return;
-                }
-                Err(e) => tracing::warn!(run.id = id, error = %e, "heartbeat failed"),
-            }
-        }
-    })
 }
 
 fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
@@ -305,11 +297,16 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
 }
 
 /// Checks the run's commit out and moves it to `planning`.
-async fn start_planning(ctx: &Ctx, run: &Run, reporter: &RunReporter) -> Result<Prepared, Failure> {
+async fn start_planning(
+    ctx: &Ctx,
+    run: &Run,
+    lease: &Lease,
+    reporter: &RunReporter,
+) -> Result<Prepared, Failure> {
     let prepared = prepare(ctx, run).await?;
     if !ctx
         .store
-        .transition(run.id, &[RunState::Fetching], RunState::Planning, None)
+        .transition(lease, &[RunState::Fetching], RunState::Planning, None)
         .await?
     {
         return Err(Failure("run changed state while fetching".into()));
@@ -321,10 +318,11 @@ async fn start_planning(ctx: &Ctx, run: &Run, reporter: &RunReporter) -> Result<
 async fn plan_run(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
 ) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, reporter).await?;
+    let prepared = start_planning(ctx, run, lease, reporter).await?;
     let state_version = crate::state::current_version(&ctx.store, &prepared.workspace.name).await?;
     let out = match prepared.runner.plan(&prepared.request, cancel).await {
         Ok(out) => out,
@@ -366,7 +364,7 @@ async fn plan_run(
 
     if run.kind == RunKind::Plan {
         ctx.store
-            .transition(run.id, &[RunState::Planning], RunState::Planned, None)
+            .transition(lease, &[RunState::Planning], RunState::Planned, None)
             .await?;
         return Ok(());
     }
@@ -374,7 +372,7 @@ async fn plan_run(
     if !out.summary.has_changes() {
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::Applied,
                 Some("no changes to apply"),
@@ -401,7 +399,7 @@ async fn plan_run(
             );
             ctx.store
                 .transition(
-                    run.id,
+                    lease,
                     &[RunState::Planning],
                     RunState::NeedsConfirmation,
                     Some(&reason),
@@ -418,7 +416,7 @@ async fn plan_run(
         );
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::NeedsConfirmation,
                 Some(&reason),
@@ -429,7 +427,7 @@ async fn plan_run(
     if !prepared.workspace.auto_apply {
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::NeedsConfirmation,
                 Some("waiting for confirmation"),
@@ -450,6 +448,7 @@ async fn plan_run(
     apply_phase(
         ctx,
         run,
+        lease,
         &prepared,
         RunState::Planning,
         false,
@@ -464,10 +463,11 @@ async fn plan_run(
 async fn drift_run(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
 ) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, reporter).await?;
+    let prepared = start_planning(ctx, run, lease, reporter).await?;
     let mode = prepared.workspace.drift_mode;
     let out = match prepared
         .runner
@@ -512,7 +512,7 @@ async fn drift_run(
     };
     ctx.store
         .transition(
-            run.id,
+            lease,
             &[RunState::Planning],
             RunState::Planned,
             Some(&reason),
@@ -705,6 +705,7 @@ pub(crate) async fn tfrun(
 async fn apply_confirmed(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
 ) -> Result<(), Failure> {
@@ -713,6 +714,7 @@ async fn apply_confirmed(
     apply_phase(
         ctx,
         run,
+        lease,
         &prepared,
         RunState::Fetching,
         true,
@@ -762,9 +764,11 @@ async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn apply_phase(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     prepared: &Prepared,
     from: RunState,
     init: bool,
@@ -788,7 +792,7 @@ async fn apply_phase(
     let cancel = &ctx.run_token(run.id).unwrap_or_else(|| cancel.clone());
     if !ctx
         .store
-        .transition(run.id, &[from], RunState::Applying, None)
+        .transition(lease, &[from], RunState::Applying, None)
         .await?
     {
         return Err(Failure("run changed state before applying".into()));
@@ -828,7 +832,7 @@ async fn apply_phase(
     }
     result?;
     ctx.store
-        .transition(run.id, &[RunState::Applying], RunState::Applied, None)
+        .transition(lease, &[RunState::Applying], RunState::Applied, None)
         .await?;
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
 mod events;
+mod leases;
 mod policy_sets;
 mod runs;
 mod workspaces;
@@ -22,6 +23,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
+pub use leases::Lease;
 pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLICY_SETS_CHANNEL};
 pub use runs::{NewRun, TickOutcome};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
@@ -42,6 +44,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A holder wrote after its lease was taken over: nothing was written.
+    #[error("{what} {id} is no longer held by this claim (its lease expired and was taken over); nothing was written")]
+    LeaseLost { what: &'static str, id: i64 },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

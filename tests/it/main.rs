@@ -10,6 +10,7 @@ mod drain;
 mod drift;
 mod github_app;
 mod ingest;
+mod leases;
 mod policy;
 mod policy_sets;
 mod pr_checks;
