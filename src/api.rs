@@ -83,6 +83,13 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
                 .layer(DefaultBodyLimit::max(crate::ingest::MAX_BODY_BYTES)),
         )
         .nest("/api", api)
+        .nest_service(
+            crate::state::http::PATH,
+            crate::state::http::router(crate::state::http::Backend {
+                store: ctx.store.clone(),
+                config: ctx.config.clone(),
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(tower_http::trace::TraceLayer::new_for_http())

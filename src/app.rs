@@ -51,6 +51,9 @@ pub struct Ctx {
     /// Cancel tokens of the runs this process is executing.
     running: Mutex<HashMap<i64, CancellationToken>>,
     pub shutdown: CancellationToken,
+    /// The address the HTTP server is bound to (runs reach the state backend
+    /// there unless `state_backend_url` says otherwise).
+    pub local_addr: SocketAddr,
 }
 
 impl Ctx {
@@ -210,6 +213,7 @@ impl App {
             sandbox,
             policy_groups: Default::default(),
             shutdown: CancellationToken::new(),
+            local_addr: listener.local_addr().context("listener address")?,
         });
         Ok(App {
             ctx,

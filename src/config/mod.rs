@@ -351,6 +351,9 @@ pub struct Config {
     pub api_token: SecretString,
     /// Base URL under which users reach this daemon, for links in statuses.
     pub public_url: Option<String>,
+    /// Base URL at which runs' terraform reaches gantry's state backend;
+    /// `None`: this process's own listen address.
+    pub state_backend_url: Option<String>,
     /// Identifies this process's claims in the run queue. Defaults to the host name.
     pub node_id: String,
     pub terraform: TerraformConfig,
@@ -585,6 +588,15 @@ impl<'a> Validator<'a> {
                 self.err("public_url", "must start with http:// or https://");
             }
         }
+        let state_backend_url = raw
+            .state_backend_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string());
+        if let Some(u) = &state_backend_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                self.err("state_backend_url", "must start with http:// or https://");
+            }
+        }
         let node_id = raw.node_id.clone().unwrap_or_else(default_node_id);
 
         let terraform = self.terraform(&raw);
@@ -650,6 +662,7 @@ impl<'a> Validator<'a> {
             concurrency: raw.concurrency,
             api_token: api_token.expect("validated"),
             public_url,
+            state_backend_url,
             node_id,
             terraform: terraform.expect("validated"),
             runner: RunnerConfig {

@@ -10,6 +10,7 @@
 
 mod events;
 mod runs;
+mod state;
 mod workspaces;
 
 use std::str::FromStr;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use runs::{NewRun, TickOutcome};
+pub use state::{PutState, RunToken, SpooledState, StateLock};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -17,3 +17,4 @@ mod reload;
 mod restart;
 mod runner;
 mod sandbox;
+mod state_backend;
