@@ -56,7 +56,7 @@ fn slow_resource(marker: &str, secs: u64) -> String {
     marker = "{marker}"
   }}
   provisioner "local-exec" {{
-    command = "sleep {secs}"
+    command = "touch creating; sleep {secs}"
   }}
 }}
 "#
@@ -586,17 +586,21 @@ async fn an_apply_whose_state_cannot_be_stored_spools_it_and_locks_the_workspace
         let env = TestEnv::new(&db).await;
         let app = env.spawn_app(&dns_yaml(&env, true)).await;
         let id = merge_slow(&env, &app, 8).await;
-        // While the resource is being created, someone else's version lands
-        // (a newer serial of another lineage): terraform's write is refused.
+        // While the resource is being created (its provisioner has started),
+        // someone else's version lands: another lineage, a newer serial.
+        // terraform's write is refused.
+        let marker = env
+            .data_dir()
+            .join(format!("work/run-{id}/src/dns/creating"));
+        wait_until(Duration::from_secs(60), || async {
+            marker.exists().then_some(())
+        })
+        .await;
+        let theirs = json!({"version": 4, "terraform_version": "1.0.3", "serial": 99,
+                            "lineage": "someone-else", "outputs": {}, "resources": []});
         app.ctx
             .store
-            .add_state_version(
-                "dns",
-                99,
-                "someone-else",
-                0,
-                r#"{"serial": 99, "lineage": "someone-else"}"#,
-            )
+            .add_state_version("dns", 99, "someone-else", 0, &theirs.to_string())
             .await
             .unwrap();
         let run = wait_run(&app, id, "errored").await;
@@ -606,7 +610,7 @@ async fn an_apply_whose_state_cannot_be_stored_spools_it_and_locks_the_workspace
             .workspace_lock("dns")
             .await
             .unwrap()
-            .expect("the workspace is locked");
+            .unwrap_or_else(|| panic!("{db:?}: the workspace is not locked: {run}"));
         assert!(
             lock.reason.contains("could not store its state")
                 && lock.reason.contains("spooled state"),
