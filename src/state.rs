@@ -122,9 +122,18 @@ pub struct RunCredentials {
     pub password: SecretString,
 }
 
-/// Points a run's terraform at gantry's backend: writes
-/// [`OVERRIDE_FILE`] into `dir` and issues a token good for `workspace`
-/// while run `run_id` is active. Only its sha256 is stored.
+/// What a run's backend token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read and lock: a plan or drift check (a pull request's code runs
+    /// there, and must never be able to write the state).
+    Read,
+    /// Read, lock and write: an apply.
+    Write,
+}
+
+/// Points a run's terraform at gantry's backend: writes [`OVERRIDE_FILE`]
+/// into `dir` and issues a read-only token (see [`run_credentials`]).
 pub async fn configure_run(
     store: &Store,
     base: &str,
@@ -140,13 +149,29 @@ pub async fn configure_run(
          lock_address   = \"{address}\"\n    unlock_address = \"{address}\"\n  }}\n}}\n"
     );
     tokio::fs::write(dir.join(OVERRIDE_FILE), hcl).await?;
+    run_credentials(store, workspace, run_id, Access::Read).await
+}
+
+/// Issues a token good for `workspace` while run `run_id` is active, with
+/// `access`. Only its sha256 is stored.
+pub async fn run_credentials(
+    store: &Store,
+    workspace: &str,
+    run_id: i64,
+    access: Access,
+) -> Result<RunCredentials, StateError> {
     let token = format!(
         "{}{}",
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
     store
-        .add_state_token(&token_sha256(&token), run_id, workspace)
+        .add_state_token(
+            &token_sha256(&token),
+            run_id,
+            workspace,
+            access == Access::Write,
+        )
         .await?;
     Ok(RunCredentials {
         username: format!("run-{run_id}"),

@@ -16,11 +16,13 @@ CREATE TABLE state_locks (
 );
 
 -- Backend credentials of runs: the sha256 of a random token, good for one
--- workspace while its run is active.
+-- workspace while its run is active. Only an apply's token may write state;
+-- a plan's may read and lock.
 CREATE TABLE state_tokens (
     token_sha256 TEXT   NOT NULL PRIMARY KEY,
     run_id       BIGINT NOT NULL,
     workspace    TEXT   NOT NULL,
+    can_write    BIGINT NOT NULL DEFAULT 0,
     created_at   BIGINT NOT NULL
 );
 CREATE INDEX state_tokens_run ON state_tokens (run_id);

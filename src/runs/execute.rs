@@ -189,8 +189,6 @@ struct Prepared {
     request: PlanRequest,
     /// Whether gantry keeps this workspace's state.
     gantry_state: bool,
-    /// The run's credentials for gantry's state backend (every phase needs them).
-    backend_env: Vec<crate::runner::EnvVar>,
 }
 
 /// Fetch (if the mirror lacks the commit), check out, and point gantry-kept
@@ -261,7 +259,6 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
     let env = ctx.env.clone();
     let mut request = job_request(&config, &workspace, dirs, artifacts_dir(ctx, run.id), phase);
     let gantry_state = !crate::state::has_own_backend(&request.workdir);
-    let mut backend_env = Vec::new();
     if gantry_state {
         let base = crate::state::backend_base(&config, ctx.local_addr);
         let creds = crate::state::configure_run(
@@ -272,8 +269,7 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
             &request.workdir,
         )
         .await?;
-        backend_env = backend_env_vars(creds);
-        request.variables.extend(backend_env.iter().cloned());
+        request.variables.extend(backend_env_vars(creds));
     }
     let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
         .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
@@ -282,7 +278,6 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
         runner,
         request,
         gantry_state,
-        backend_env,
     })
 }
 
@@ -790,9 +785,17 @@ async fn apply_phase(
     let mut request = prepared.request.clone();
     request.variables =
         crate::runner::variables_for(&ctx.config(), &prepared.workspace.name, Phase::Apply);
-    request
-        .variables
-        .extend(prepared.backend_env.iter().cloned());
+    if prepared.gantry_state {
+        // Only the apply may write the state.
+        let creds = crate::state::run_credentials(
+            &ctx.store,
+            &prepared.workspace.name,
+            run.id,
+            crate::state::Access::Write,
+        )
+        .await?;
+        request.variables.extend(backend_env_vars(creds));
+    }
     request.plan_sha256 = fresh.plan_sha256.clone();
     let result = prepared.runner.apply(&request, init, cancel).await;
     if let Err(RunnerError::PlanTampered { expected, actual }) = &result {

@@ -10,6 +10,11 @@
 //!   holder's lock info. `UNLOCK` without a body (`terraform force-unlock`)
 //!   is for the API token only.
 //!
+//! For operators (API token only): `GET /state/v1/{workspace}/spool` lists
+//! the states applies produced but could not store, and
+//! `GET /state/v1/{workspace}/spool/{id}` returns one as terraform wrote it,
+//! ready for `terraform state push`.
+//!
 //! Auth: HTTP basic (terraform's `username`/`password`, or `TF_HTTP_USERNAME`
 //! / `TF_HTTP_PASSWORD`) or a bearer token; the secret is either the API token
 //! (a CLI user, any workspace) or a run's token (its own workspace, while the
@@ -22,7 +27,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use axum::{Json, Router};
 use base64::Engine as _;
 use secrecy::ExposeSecret;
@@ -51,6 +56,8 @@ pub struct Backend {
 pub fn router(backend: Backend) -> Router {
     Router::new()
         .route("/{workspace}", any(handle))
+        .route("/{workspace}/spool", get(list_spool))
+        .route("/{workspace}/spool/{id}", get(get_spool))
         .layer(DefaultBodyLimit::max(MAX_STATE_BYTES))
         .with_state(backend)
 }
@@ -60,9 +67,9 @@ pub fn router(backend: Backend) -> Router {
 pub enum BackendError {
     #[error("authentication required")]
     Unauthorized,
-    #[error("this token does not grant access to workspace {0}")]
+    #[error("this token does not grant that on workspace {0}")]
     Forbidden(String),
-    #[error("no workspace `{0}`")]
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
@@ -108,22 +115,22 @@ impl IntoResponse for BackendError {
 enum Caller {
     /// The API token: a CLI user or an operator.
     Api,
-    /// A run's token.
-    Run(i64),
+    /// A run's token: its run, and whether it may write.
+    Run(i64, bool),
 }
 
 impl Caller {
     fn name(&self) -> String {
         match self {
             Caller::Api => "api".into(),
-            Caller::Run(id) => format!("run {id}"),
+            Caller::Run(id, _) => format!("run {id}"),
         }
     }
 
     fn run_id(&self) -> Option<i64> {
         match self {
             Caller::Api => None,
-            Caller::Run(id) => Some(*id),
+            Caller::Run(id, _) => Some(*id),
         }
     }
 }
@@ -163,7 +170,9 @@ impl Backend {
             if !bool::from(secret.as_bytes().ct_eq(api)) {
                 return Err(BackendError::Unauthorized);
             }
-            return Err(BackendError::NotFound(workspace.to_string()));
+            return Err(BackendError::NotFound(format!(
+                "no workspace `{workspace}`"
+            )));
         }
         if bool::from(
             secret
@@ -184,7 +193,7 @@ impl Backend {
             tracing::warn!(run.id = token.run_id, workspace.name = %workspace, "run {}'s state token was presented for workspace {workspace}", token.run_id);
             return Err(BackendError::Forbidden(workspace.to_string()));
         }
-        Ok(Caller::Run(token.run_id))
+        Ok(Caller::Run(token.run_id, token.can_write))
     }
 }
 
@@ -253,6 +262,11 @@ async fn put_state(
     lock_id: Option<&str>,
     body: &[u8],
 ) -> Result<Response, BackendError> {
+    if let Caller::Run(id, false) = caller {
+        return Err(BackendError::Forbidden(format!(
+            "{workspace}: run {id} may read and lock the state, not write it (only applies write)"
+        )));
+    }
     let text = std::str::from_utf8(body)
         .map_err(|_| BackendError::BadRequest("the state is not UTF-8".into()))?;
     let (serial, lineage) =
@@ -421,4 +435,47 @@ mod tests {
         );
         assert_eq!(presented_secret(&h).as_deref(), Some("tok"));
     }
+}
+
+async fn require_api(
+    backend: &Backend,
+    headers: &HeaderMap,
+    workspace: &str,
+) -> Result<(), BackendError> {
+    match backend.authorize(headers, workspace).await? {
+        Caller::Api => Ok(()),
+        Caller::Run(..) => Err(BackendError::Forbidden(workspace.to_string())),
+    }
+}
+
+/// `GET /state/v1/{workspace}/spool`: states applies could not store, newest first.
+async fn list_spool(
+    State(backend): State<Backend>,
+    Path(workspace): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, BackendError> {
+    require_api(&backend, &headers, &workspace).await?;
+    let list = backend.store.spooled_states(&workspace).await?;
+    Ok(Json(json!({ "spooled_states": list })))
+}
+
+/// `GET /state/v1/{workspace}/spool/{id}`: one spooled state, as terraform wrote it.
+async fn get_spool(
+    State(backend): State<Backend>,
+    Path((workspace, id)): Path<(String, i64)>,
+    headers: HeaderMap,
+) -> Result<Response, BackendError> {
+    require_api(&backend, &headers, &workspace).await?;
+    let found = backend
+        .store
+        .spooled_states(&workspace)
+        .await?
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| BackendError::NotFound(format!("{workspace} has no spooled state {id}")))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        found.state,
+    )
+        .into_response())
 }

@@ -30,6 +30,8 @@ pub struct RunToken {
     pub workspace: String,
     /// Whether the run is still active (the token is only good while it is).
     pub active: bool,
+    /// Whether it may write state (an apply's token), or only read and lock.
+    pub can_write: bool,
 }
 
 /// A state an apply produced and gantry could not store.
@@ -193,6 +195,7 @@ impl Store {
         token_sha256: &str,
         run_id: i64,
         workspace: &str,
+        can_write: bool,
     ) -> StoreResult<()> {
         sqlx::query(&format!(
             "DELETE FROM state_tokens WHERE run_id NOT IN (SELECT id FROM runs WHERE state IN {ACTIVE_RUN_STATES})"
@@ -200,11 +203,13 @@ impl Store {
         .execute(&self.pool)
         .await?;
         sqlx::query(
-            "INSERT INTO state_tokens (token_sha256, run_id, workspace, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO state_tokens (token_sha256, run_id, workspace, can_write, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(token_sha256)
         .bind(run_id)
         .bind(workspace)
+        .bind(i64::from(can_write))
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
@@ -214,7 +219,7 @@ impl Store {
     /// The run and workspace a token (by its sha256) was issued for.
     pub async fn state_token(&self, token_sha256: &str) -> StoreResult<Option<RunToken>> {
         let row = sqlx::query(&format!(
-            "SELECT t.run_id, t.workspace,
+            "SELECT t.run_id, t.workspace, t.can_write,
                     CAST(CASE WHEN r.state IN {ACTIVE_RUN_STATES} THEN 1 ELSE 0 END AS BIGINT) AS active
              FROM state_tokens t LEFT JOIN runs r ON r.id = t.run_id WHERE t.token_sha256 = $1"
         ))
@@ -226,6 +231,7 @@ impl Store {
                 run_id: r.try_get("run_id")?,
                 workspace: r.try_get("workspace")?,
                 active: r.try_get::<i64, _>("active")? != 0,
+                can_write: r.try_get::<i64, _>("can_write")? != 0,
             })
         })
         .transpose()

@@ -326,6 +326,16 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
             .await
             .unwrap();
         let token = secrecy::ExposeSecret::expose_secret(&creds.password).to_string();
+        // A plan's token reads and locks; only an apply's writes.
+        let writer = gantry::state::run_credentials(
+            &app.ctx.store,
+            "dns",
+            run,
+            gantry::state::Access::Write,
+        )
+        .await
+        .unwrap();
+        let writer = secrecy::ExposeSecret::expose_secret(&writer.password).to_string();
         // The override file points at this backend and holds no secret.
         let hcl =
             std::fs::read_to_string(scratch.path().join(gantry::state::OVERRIDE_FILE)).unwrap();
@@ -398,6 +408,11 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
         );
         assert_eq!(
             post("run-lock", token.clone(), state.clone()).await,
+            403,
+            "{db:?}: a plan's token wrote state"
+        );
+        assert_eq!(
+            post("run-lock", writer.clone(), state.clone()).await,
             200,
             "{db:?}"
         );
@@ -407,7 +422,7 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
         let mut other = state.clone();
         other["lineage"] = json!("l-2");
         other["serial"] = json!(2);
-        assert_eq!(post("run-lock", token.clone(), other).await, 409, "{db:?}");
+        assert_eq!(post("run-lock", writer.clone(), other).await, 409, "{db:?}");
         // A run's token cannot force-unlock; the wrong id gets the holder back.
         assert_eq!(
             app.client
@@ -624,6 +639,61 @@ async fn an_apply_whose_state_cannot_be_stored_spools_it_and_locks_the_workspace
         assert_eq!(spooled[0].run_id, Some(id));
         let doc: Value = serde_json::from_str(&spooled[0].state).unwrap();
         assert_eq!(doc["resources"][0]["type"], "null_resource", "{db:?}");
+        // An operator fetches it as terraform wrote it, to `terraform state push`.
+        let fetched = app
+            .client
+            .get(app.url(&format!("/state/v1/dns/spool/{}", spooled[0].id)))
+            .basic_auth("operator", Some(API_TOKEN))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fetched.status(), 200, "{db:?}");
+        assert_eq!(fetched.text().await.unwrap(), spooled[0].state);
         app.stop().await;
     }
+}
+
+#[tokio::test]
+async fn an_apply_that_times_out_locks_the_workspace_with_its_reason() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let yaml = env.config_yaml(
+        r#"  - name: dns
+    environment: production
+    provider: github
+    repo: acme/infra
+    dir: dns
+    auto_apply: true
+    timeout: 20s
+"#,
+        2,
+        "127.0.0.1:0",
+        &terraform_bin(),
+    );
+    let app = env.spawn_app(&yaml).await;
+    let id = merge_slow(&env, &app, 300).await;
+    let run = wait_run(&app, id, "errored").await;
+    assert!(
+        run["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 20s"),
+        "{run}"
+    );
+    let lock = app
+        .ctx
+        .store
+        .workspace_lock("dns")
+        .await
+        .unwrap()
+        .expect("the workspace is locked");
+    assert_eq!(lock.run_id, Some(id));
+    assert!(
+        lock.reason.contains("timed out after 20s"),
+        "{}",
+        lock.reason
+    );
+    let audit = app.api("/api/audit?workspace=dns").await;
+    assert_eq!(audit["entries"][0]["action"], "lock");
+    assert_eq!(audit["entries"][0]["run_id"], id);
+    app.stop().await;
 }
