@@ -415,28 +415,6 @@ async fn audit_forced_unlock(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_come_from_basic_or_bearer() {
-        let mut h = HeaderMap::new();
-        assert_eq!(presented_secret(&h), None);
-        let basic = base64::engine::general_purpose::STANDARD.encode("run-3:s3cret:x");
-        h.insert(
-            axum::http::header::AUTHORIZATION,
-            format!("Basic {basic}").parse().unwrap(),
-        );
-        assert_eq!(presented_secret(&h).as_deref(), Some("s3cret:x"));
-        h.insert(
-            axum::http::header::AUTHORIZATION,
-            "Bearer tok".parse().unwrap(),
-        );
-        assert_eq!(presented_secret(&h).as_deref(), Some("tok"));
-    }
-}
-
 async fn require_api(
     backend: &Backend,
     headers: &HeaderMap,
@@ -478,4 +456,26 @@ async fn get_spool(
         found.state,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_come_from_basic_or_bearer() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_secret(&h), None);
+        let basic = base64::engine::general_purpose::STANDARD.encode("run-3:s3cret:x");
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            format!("Basic {basic}").parse().unwrap(),
+        );
+        assert_eq!(presented_secret(&h).as_deref(), Some("s3cret:x"));
+        h.insert(
+            axum::http::header::AUTHORIZATION,
+            "Bearer tok".parse().unwrap(),
+        );
+        assert_eq!(presented_secret(&h).as_deref(), Some("tok"));
+    }
 }
