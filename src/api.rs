@@ -485,7 +485,7 @@ async fn state_versions(
         .state_versions(&name)
         .await?
         .into_iter()
-        .map(|v| json!({"id": v.id, "serial": v.serial, "lineage": v.lineage, "run_id": v.run_id, "created_at": rfc3339(v.created_at)}))
+        .map(|v| json!({"id": v.id, "serial": v.serial, "lineage": v.lineage, "run_id": v.run_id, "written_by": v.written_by, "created_at": rfc3339(v.created_at)}))
         .collect();
     Ok(Json(json!({ "state_versions": versions })))
 }

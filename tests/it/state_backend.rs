@@ -175,6 +175,7 @@ async fn a_cli_user_inits_plans_and_applies_through_the_backend_with_the_api_tok
             Value::Null,
             "{db:?}: a CLI version has no run"
         );
+        assert_eq!(v[0]["written_by"], "api", "{db:?}");
         // Nothing is left locked, and the write is in the audit log.
         assert!(app.ctx.store.state_lock("dns").await.unwrap().is_none());
         let audit = app.api("/api/audit?workspace=dns").await;
@@ -418,6 +419,7 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
         );
         let v = versions(&app, "dns").await;
         assert_eq!(v[0]["run_id"], run, "{db:?}");
+        assert_eq!(v[0]["written_by"], format!("run {run}"), "{db:?}");
         // Another lineage or an older serial would corrupt the state: refused.
         let mut other = state.clone();
         other["lineage"] = json!("l-2");
