@@ -83,6 +83,13 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
                 .layer(DefaultBodyLimit::max(crate::ingest::MAX_BODY_BYTES)),
         )
         .nest("/api", api)
+        .nest_service(
+            crate::state::http::PATH,
+            crate::state::http::router(crate::state::http::Backend {
+                store: ctx.store.clone(),
+                config: ctx.config.clone(),
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -482,7 +489,7 @@ async fn state_versions(
         .state_versions(&name)
         .await?
         .into_iter()
-        .map(|v| json!({"id": v.id, "serial": v.serial, "lineage": v.lineage, "run_id": v.run_id, "created_at": rfc3339(v.created_at)}))
+        .map(|v| json!({"id": v.id, "serial": v.serial, "lineage": v.lineage, "run_id": v.run_id, "written_by": v.written_by, "created_at": rfc3339(v.created_at)}))
         .collect();
     Ok(Json(json!({ "state_versions": versions })))
 }

@@ -62,6 +62,9 @@ pub struct Ctx {
     /// Canceled when `shutdown_grace` is over: applies still running are
     /// interrupted (their terraform gets SIGINT, then SIGKILL).
     pub stop_runs: CancellationToken,
+    /// The address the HTTP server is bound to (runs reach the state backend
+    /// there unless `state_backend_url` says otherwise).
+    pub local_addr: SocketAddr,
 }
 
 impl Ctx {
@@ -233,6 +236,7 @@ impl App {
             policy_groups: Default::default(),
             shutdown: CancellationToken::new(),
             stop_runs: CancellationToken::new(),
+            local_addr: listener.local_addr().context("listener address")?,
         });
         Ok(App {
             ctx,

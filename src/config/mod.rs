@@ -364,6 +364,9 @@ pub struct Config {
     pub api_token: SecretString,
     /// Base URL under which users reach this daemon, for links in statuses.
     pub public_url: Option<String>,
+    /// Base URL at which runs' terraform reaches gantry's state backend;
+    /// `None`: this process's own listen address.
+    pub state_backend_url: Option<String>,
     /// Names this process in the claims it holds (shown in logs and rows).
     /// Defaults to the host name plus a random suffix, new for each process,
     /// so two processes never share an id; claims themselves are told apart
@@ -606,6 +609,15 @@ impl<'a> Validator<'a> {
                 self.err("public_url", "must start with http:// or https://");
             }
         }
+        let state_backend_url = raw
+            .state_backend_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string());
+        if let Some(u) = &state_backend_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                self.err("state_backend_url", "must start with http:// or https://");
+            }
+        }
         let node_id = raw.node_id.clone().unwrap_or_else(default_node_id);
         let lease = match raw.queue.lease.as_deref() {
             None => Some(DEFAULT_LEASE),
@@ -686,6 +698,7 @@ impl<'a> Validator<'a> {
             concurrency: raw.concurrency,
             api_token: api_token.expect("validated"),
             public_url,
+            state_backend_url,
             node_id,
             queue: QueueConfig {
                 lease: lease.unwrap_or(DEFAULT_LEASE),

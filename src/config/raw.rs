@@ -21,6 +21,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub public_url: Option<String>,
     #[serde(default)]
+    pub state_backend_url: Option<String>,
+    #[serde(default)]
     pub node_id: Option<String>,
     #[serde(default)]
     pub terraform: RawTerraform,

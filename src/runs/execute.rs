@@ -1,5 +1,5 @@
 //! Takes one claimed run through its phases: fetch the commit, check it out,
-//! restore gantry-kept state, plan, and for apply runs apply the saved plan
+//! point gantry-kept state at gantry's backend, plan, and for apply runs apply the saved plan
 //! (at once with `auto_apply`, or once confirmed); then report the result.
 //!
 //! An apply only ever applies the plan file of its own run, and only when
@@ -216,7 +216,8 @@ struct Prepared {
     gantry_state: bool,
 }
 
-/// Fetch (if the mirror lacks the commit), check out, place gantry-kept state.
+/// Fetch (if the mirror lacks the commit), check out, and point gantry-kept
+/// state at gantry's backend.
 async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
     let config = ctx.config();
     let workspace = config
@@ -281,10 +282,19 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
         Phase::Plan
     };
     let env = ctx.env.clone();
-    let request = job_request(&config, &workspace, dirs, artifacts_dir(ctx, run.id), phase);
+    let mut request = job_request(&config, &workspace, dirs, artifacts_dir(ctx, run.id), phase);
     let gantry_state = !crate::state::has_own_backend(&request.workdir);
     if gantry_state {
-        crate::state::restore(&ctx.store, &workspace.name, &request.workdir).await?;
+        let base = crate::state::backend_base(&config, ctx.local_addr);
+        let creds = crate::state::configure_run(
+            &ctx.store,
+            &base,
+            &workspace.name,
+            run.id,
+            &request.workdir,
+        )
+        .await?;
+        request.variables.extend(backend_env_vars(creds));
     }
     let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
         .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
@@ -294,6 +304,24 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
         request,
         gantry_state,
     })
+}
+
+/// terraform's http backend reads its credentials from the environment, so
+/// the token is in no file of the checkout and in no saved plan.
+fn backend_env_vars(creds: crate::state::RunCredentials) -> Vec<crate::runner::EnvVar> {
+    use secrecy::ExposeSecret;
+    vec![
+        crate::runner::EnvVar {
+            name: "TF_HTTP_USERNAME".into(),
+            value: creds.username,
+            sensitive: false,
+        },
+        crate::runner::EnvVar {
+            name: "TF_HTTP_PASSWORD".into(),
+            value: creds.password.expose_secret().to_string(),
+            sensitive: true,
+        },
+    ]
 }
 
 /// Checks the run's commit out and moves it to `planning`.
@@ -801,23 +829,22 @@ async fn apply_phase(
     let mut request = prepared.request.clone();
     request.variables =
         crate::runner::variables_for(&ctx.config(), &prepared.workspace.name, Phase::Apply);
+    if prepared.gantry_state {
+        // Only the apply may write the state.
+        let creds = crate::state::run_credentials(
+            &ctx.store,
+            &prepared.workspace.name,
+            run.id,
+            crate::state::Access::Write,
+        )
+        .await?;
+        request.variables.extend(backend_env_vars(creds));
+    }
     request.plan_sha256 = fresh.plan_sha256.clone();
     let result = prepared.runner.apply(&request, init, cancel).await;
     if let Err(RunnerError::PlanTampered { expected, actual }) = &result {
         return Err(refuse_tampered_plan(ctx, run, expected, actual).await);
     }
-    // Whatever happened, keep what terraform wrote to the state.
-    let saved = if prepared.gantry_state {
-        crate::state::save(
-            &ctx.store,
-            &prepared.workspace.name,
-            run.id,
-            &prepared.request.workdir,
-        )
-        .await
-    } else {
-        Ok(None)
-    };
     match &result {
         Ok(text) => ctx.store.set_apply_text(run.id, text).await?,
         Err(RunnerError::Failed { message, .. }) => {
@@ -825,16 +852,82 @@ async fn apply_phase(
         }
         Err(_) => {}
     }
-    if let Err(e) = saved {
-        return Err(Failure(format!(
-            "apply finished but its state could not be stored: {e}"
-        )));
+    if let Err(e) = &result {
+        lock_unfinished_apply(ctx, run, prepared, e).await;
     }
     result?;
     ctx.store
         .transition(lease, &[RunState::Applying], RunState::Applied, None)
         .await?;
     Ok(())
+}
+
+/// An apply that did not finish (timed out, canceled, or whose state could
+/// not be stored) leaves the infrastructure in an unknown state: the
+/// workspace is locked with the reason and the audit log says so. The state
+/// terraform could not store (`errored.tfstate`) is kept in the spool.
+/// An apply stopped by shutdown is left to the reaper, which does the same.
+async fn lock_unfinished_apply(ctx: &Ctx, run: &Run, prepared: &Prepared, error: &RunnerError) {
+    if matches!(error, RunnerError::Canceled) && ctx.shutdown.is_cancelled() {
+        return;
+    }
+    let spooled = if prepared.gantry_state {
+        let why = format!("state left by run {}'s unfinished apply", run.id);
+        crate::state::spool_errored(
+            &ctx.store,
+            &run.workspace,
+            run.id,
+            &prepared.request.workdir,
+            &why,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(run.id = run.id, error = %e, "spooling the state of run {} failed", run.id);
+            None
+        })
+    } else {
+        None
+    };
+    let what = match error {
+        RunnerError::TimedOut {
+            step: "apply",
+            after,
+        } => format!(
+            "apply of run {} timed out after {}",
+            run.id,
+            humantime::format_duration(*after)
+        ),
+        RunnerError::Canceled => format!("apply of run {} was canceled", run.id),
+        _ if spooled.is_some() => format!("apply of run {} could not store its state", run.id),
+        // A plain failed apply: terraform stored what it did.
+        _ => return,
+    };
+    let reason = match spooled {
+        Some(id) => format!("{what}; the state it could not store is kept as spooled state {id}"),
+        None => what,
+    };
+    tracing::error!(run.id = run.id, workspace.name = %run.workspace, "{reason}; locking {}", run.workspace);
+    if let Err(e) = ctx
+        .store
+        .lock_workspace(&run.workspace, &reason, "gantry", Some(run.id))
+        .await
+    {
+        tracing::error!(run.id = run.id, error = %e, "locking {} failed", run.workspace);
+    }
+    if let Err(e) = ctx
+        .store
+        .audit(Audit {
+            actor: "gantry",
+            action: "lock",
+            workspace: Some(&run.workspace),
+            run_id: Some(run.id),
+            commit_sha: Some(&run.head_sha),
+            detail: Some(&reason),
+        })
+        .await
+    {
+        tracing::error!(run.id = run.id, error = %e, "auditing run {} failed", run.id);
+    }
 }
 
 /// The saved plan is not the plan that was reviewed: nothing is applied, the

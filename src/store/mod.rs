@@ -12,6 +12,7 @@ mod events;
 mod leases;
 mod policy_sets;
 mod runs;
+mod state;
 mod workspaces;
 
 use std::str::FromStr;
@@ -26,6 +27,7 @@ pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use leases::Lease;
 pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLICY_SETS_CHANNEL};
 pub use runs::{NewRun, TickOutcome};
+pub use state::{PutState, RunToken, SpooledState, StateLock};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

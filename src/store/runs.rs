@@ -187,7 +187,6 @@ impl Store {
         node: &str,
         lease: Duration,
     ) -> StoreResult<Option<(Run, Lease)>> {
-        let now = now_ms();
         let token = new_token();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -204,6 +203,15 @@ impl Store {
              RETURNING {RUN_COLUMNS}"
         );
         let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Sqlite {
+            // Takes the write lock before the clock is read: a claim that
+            // waited for the lock never starts before the run it waited on
+            // finished.
+            sqlx::query("UPDATE runs SET updated_at = updated_at WHERE id = -1")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let now = now_ms();
         let result = sqlx::query(&sql)
             .bind(node)
             .bind(now + lease.as_millis() as i64)

@@ -20,3 +20,4 @@ mod reload;
 mod restart;
 mod runner;
 mod sandbox;
+mod state_backend;
