@@ -8,6 +8,7 @@
 //! SQLite rule: a transaction's first statement is a write, so it takes the write
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
+mod artifacts;
 mod events;
 mod runs;
 mod workspaces;
@@ -20,6 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use runs::{NewRun, TickOutcome};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
