@@ -14,12 +14,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Ctx, LEASE};
-use crate::config::Phase;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
 use crate::report::{self, Section, COMMENT_MARKER};
-use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
+use crate::runner::{JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError};
+use crate::runs::artifacts::RunLog;
 use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, Audit};
 use crate::vcs::{CommitStatus, VcsError};
@@ -80,14 +80,16 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
     let cancel = ctx.shutdown.child_token();
     ctx.register_run(run.id, cancel.clone());
     let heartbeat = spawn_heartbeat(ctx, run.id, cancel.clone());
+    let log = RunLog::start(ctx.store.clone(), run.id);
 
     let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &cancel, &reporter).await
+        apply_confirmed(ctx, &run, &cancel, &reporter, log.sink()).await
     } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &cancel, &reporter).await
+        drift_run(ctx, &run, &cancel, &reporter, log.sink()).await
     } else {
-        plan_run(ctx, &run, &cancel, &reporter).await
+        plan_run(ctx, &run, &cancel, &reporter, log.sink()).await
     };
+    log.finish().await;
     heartbeat.abort();
     ctx.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
@@ -158,35 +160,34 @@ fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
         .join(format!("run-{run_id}"))
 }
 
-/// The terraform job of one run phase: its directories, the workspace's own
-/// plugin cache, its timeout, and only that workspace's variables for `phase`.
-pub fn job_request(
+/// The terraform job of one run phase: its timeout, and only that
+/// workspace's variables for `phase`.
+pub fn job_spec(
     config: &crate::config::Config,
     workspace: &Workspace,
-    dirs: RunDirs,
-    artifacts: PathBuf,
-    phase: Phase,
-) -> PlanRequest {
-    PlanRequest {
-        workdir: dirs.checkout().join(workspace.dir.as_str()),
-        dirs,
-        artifacts,
-        plugin_cache: config.data_dir.join("plugin-cache").join(&workspace.name),
+    run_id: i64,
+    commit: &str,
+    phase: JobPhase,
+) -> JobSpec {
+    JobSpec {
+        run_id,
+        workspace: workspace.name.clone(),
+        variables: crate::runner::variables_for(config, &workspace.name, phase.variables()),
+        phase,
+        commit: commit.to_string(),
+        dir: workspace.dir.as_str().to_string(),
+        backend: None,
         timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
-        variables: crate::runner::variables_for(config, &workspace.name, phase),
-        plan_sha256: None,
     }
-}
-
-pub fn artifacts_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
-    ctx.config().data_dir.join("runs").join(run_id.to_string())
 }
 
 /// A checked-out commit ready for terraform.
 struct Prepared {
     workspace: Workspace,
     runner: LocalRunner,
-    request: PlanRequest,
+    job: JobSpec,
+    /// Where terraform runs: the workspace's directory in the run's scratch.
+    workdir: PathBuf,
     /// Whether gantry keeps this workspace's state.
     gantry_state: bool,
 }
@@ -251,22 +252,26 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
             .map_err(|e| Failure(format!("checkout task failed: {e}")))??;
     }
     let phase = if run.kind == RunKind::Drift {
-        Phase::Drift
+        JobPhase::Drift {
+            refresh_only: workspace.drift_mode == crate::drift::DriftMode::RefreshOnly,
+        }
     } else {
-        Phase::Plan
+        JobPhase::Plan
     };
     let env = ctx.env.clone();
-    let request = job_request(&config, &workspace, dirs, artifacts_dir(ctx, run.id), phase);
-    let gantry_state = !crate::state::has_own_backend(&request.workdir);
+    let job = job_spec(&config, &workspace, run.id, &run.head_sha, phase);
+    let workdir = dirs.checkout().join(&job.dir);
+    let gantry_state = !crate::state::has_own_backend(&workdir);
     if gantry_state {
-        crate::state::restore(&ctx.store, &workspace.name, &request.workdir).await?;
+        crate::state::restore(&ctx.store, &workspace.name, &workdir).await?;
     }
     let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
         .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
     Ok(Prepared {
         workspace,
         runner,
-        request,
+        job,
+        workdir,
         gantry_state,
     })
 }
@@ -290,10 +295,11 @@ async fn plan_run(
     run: &Run,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     let prepared = start_planning(ctx, run, reporter).await?;
     let state_version = crate::state::current_version(&ctx.store, &prepared.workspace.name).await?;
-    let out = match prepared.runner.plan(&prepared.request, cancel).await {
+    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
         Ok(out) => out,
         Err(e) => {
             if let RunnerError::Failed { message, .. } = &e {
@@ -303,8 +309,12 @@ async fn plan_run(
             return Err(e.into());
         }
     };
-    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
-    let cost = crate::cost::estimate(&out.plan, &ctx.config().pricing);
+    let plan = out
+        .plan
+        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
+    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, true).await?;
+    ctx.store.set_plan_text(run.id, &out.text).await?;
+    let cost = crate::cost::estimate(&plan.parsed, &ctx.config().pricing);
     ctx.store.set_cost_estimate(run.id, &cost).await?;
     let governed = ctx
         .config()
@@ -312,12 +322,12 @@ async fn plan_run(
         .iter()
         .any(|g| g.environments.contains(&prepared.workspace.environment));
     if governed {
-        let tfrun = tfrun(ctx, run, &prepared.workspace, &out.summary, &cost).await;
+        let tfrun = tfrun(ctx, run, &prepared.workspace, &plan.summary, &cost).await;
         // Policies never see values terraform marks sensitive, so no deny
         // message can carry one into a comment.
-        let mut plan = out.plan.clone();
-        crate::redact::mask_sensitive_plan(&mut plan);
-        let input = crate::policy::input(plan, tfrun);
+        let mut masked = plan.parsed.clone();
+        crate::redact::mask_sensitive_plan(&mut masked);
+        let input = crate::policy::input(masked, tfrun);
         let checks =
             crate::policy::groups::evaluate(ctx, &prepared.workspace.environment, &input).await;
         ctx.store.set_policy_results(run.id, &checks).await?;
@@ -325,9 +335,9 @@ async fn plan_run(
     ctx.store
         .record_plan(
             run.id,
-            out.summary,
+            plan.summary,
             Some(state_version),
-            Some(&out.plan_sha256),
+            Some(&plan.file.sha256),
         )
         .await?;
 
@@ -338,7 +348,7 @@ async fn plan_run(
         return Ok(());
     }
     // An apply run (a merge): apply now, or wait for a confirmation.
-    if !out.summary.has_changes() {
+    if !plan.summary.has_changes() {
         ctx.store
             .transition(
                 run.id,
@@ -422,6 +432,7 @@ async fn plan_run(
         false,
         cancel,
         reporter,
+        log,
     )
     .await
 }
@@ -433,18 +444,11 @@ async fn drift_run(
     run: &Run,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     let prepared = start_planning(ctx, run, reporter).await?;
     let mode = prepared.workspace.drift_mode;
-    let out = match prepared
-        .runner
-        .drift(
-            &prepared.request,
-            mode == crate::drift::DriftMode::RefreshOnly,
-            cancel,
-        )
-        .await
-    {
+    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
         Ok(out) => out,
         Err(e) => {
             if let RunnerError::Failed { message, .. } = &e {
@@ -453,8 +457,13 @@ async fn drift_run(
             return Err(e.into());
         }
     };
-    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
-    let report = crate::drift::report(&out.plan, mode, out.changes);
+    let plan = out
+        .plan
+        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
+    // A drift check's plan is never applied: only its JSON is kept.
+    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, false).await?;
+    ctx.store.set_plan_text(run.id, &out.text).await?;
+    let report = crate::drift::report(&plan.parsed, mode, out.changes);
     ctx.store
         .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
         .await?;
@@ -467,8 +476,9 @@ async fn drift_run(
             );
         }
     }
-    let summary = crate::runs::PlanSummary::from_plan_json(&out.plan);
-    ctx.store.record_plan(run.id, summary, None, None).await?;
+    ctx.store
+        .record_plan(run.id, plan.summary, None, None)
+        .await?;
     let reason = if report.drifted {
         match report.resources.len() {
             1 => "drift found in 1 resource".to_string(),
@@ -674,6 +684,7 @@ async fn apply_confirmed(
     run: &Run,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     check_applicable(ctx, run).await?;
     let prepared = prepare(ctx, run).await?;
@@ -685,6 +696,7 @@ async fn apply_confirmed(
         true,
         cancel,
         reporter,
+        log,
     )
     .await
 }
@@ -729,6 +741,7 @@ async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn apply_phase(
     ctx: &Ctx,
     run: &Run,
@@ -737,6 +750,7 @@ async fn apply_phase(
     init: bool,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     // Checked again at the last moment, with the run holding the workspace
     // (and as stored now: the plan was recorded after this run was claimed).
@@ -746,6 +760,10 @@ async fn apply_phase(
         .await?
         .ok_or_else(|| Failure("the run disappeared".into()))?;
     check_applicable(ctx, &fresh).await?;
+    // The reviewed plan, from the store: whichever replica made it.
+    let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh)
+        .await
+        .map_err(|e| Failure(format!("apply refused: {e}")))?;
     if !ctx
         .store
         .transition(run.id, &[from], RunState::Applying, None)
@@ -754,11 +772,14 @@ async fn apply_phase(
         return Err(Failure("run changed state before applying".into()));
     }
     reporter.changed();
-    let mut request = prepared.request.clone();
-    request.variables =
-        crate::runner::variables_for(&ctx.config(), &prepared.workspace.name, Phase::Apply);
-    request.plan_sha256 = fresh.plan_sha256.clone();
-    let result = prepared.runner.apply(&request, init, cancel).await;
+    let job = job_spec(
+        &ctx.config(),
+        &prepared.workspace,
+        run.id,
+        &run.head_sha,
+        JobPhase::Apply { plan, init },
+    );
+    let result = prepared.runner.run(&job, log, cancel).await;
     if let Err(RunnerError::PlanTampered { expected, actual }) = &result {
         return Err(refuse_tampered_plan(ctx, run, expected, actual).await);
     }
@@ -768,14 +789,14 @@ async fn apply_phase(
             &ctx.store,
             &prepared.workspace.name,
             run.id,
-            &prepared.request.workdir,
+            &prepared.workdir,
         )
         .await
     } else {
         Ok(None)
     };
     match &result {
-        Ok(text) => ctx.store.set_apply_text(run.id, text).await?,
+        Ok(out) => ctx.store.set_apply_text(run.id, &out.text).await?,
         Err(RunnerError::Failed { message, .. }) => {
             ctx.store.set_apply_text(run.id, message).await?
         }

@@ -17,6 +17,7 @@
 //! - [`dispatch`] turns a stored webhook event into runs (git diff → planner).
 //! - [`execute`] takes a claimed run through fetch, plan and report.
 
+pub mod artifacts;
 pub mod command;
 pub mod dispatch;
 pub mod execute;

@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use gantry::store::ArtifactKind;
 use serde_json::{json, Value};
 
 use crate::support::origin::null_config;
 use crate::support::*;
 
 /// One workspace, `dns`, applying on merge.
-fn dns_yaml(env: &TestEnv, auto_apply: bool) -> String {
+pub(crate) fn dns_yaml(env: &TestEnv, auto_apply: bool) -> String {
     env.config_yaml(
         &format!(
             r#"  - name: dns
@@ -26,7 +27,7 @@ fn dns_yaml(env: &TestEnv, auto_apply: bool) -> String {
     )
 }
 
-async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
     app.client
         .post(app.url(path))
         .bearer_auth(API_TOKEN)
@@ -37,7 +38,7 @@ async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
 }
 
 /// Waits until run `id` is in `state`.
-async fn wait_state(app: &TestApp, id: i64, state: &str) -> Value {
+pub(crate) async fn wait_state(app: &TestApp, id: i64, state: &str) -> Value {
     wait_until(Duration::from_secs(120), || async {
         let run = app.api(&format!("/api/runs/{id}")).await;
         (run["state"] == state).then_some(run)
@@ -46,7 +47,7 @@ async fn wait_state(app: &TestApp, id: i64, state: &str) -> Value {
 }
 
 /// Merges a change to `dns/main.tf` into main (a push webhook); returns the merge sha.
-async fn merge(
+pub(crate) async fn merge(
     env: &TestEnv,
     app: &TestApp,
     parent: git2::Oid,
@@ -86,7 +87,7 @@ fn dns_config(marker: &str) -> String {
     }
 }
 
-fn resources(state: &Value) -> Vec<String> {
+pub(crate) fn resources(state: &Value) -> Vec<String> {
     state["resources"]
         .as_array()
         .unwrap()
@@ -550,11 +551,21 @@ async fn a_plan_file_changed_after_planning_is_never_applied() {
             .to_string();
         assert_eq!(recorded.len(), 64);
 
-        // Someone swaps the reviewed plan for another.
-        let plan = env.data_dir().join(format!("runs/{id}/plan.tfplan"));
-        let mut bytes = std::fs::read(&plan).unwrap();
+        // Someone with write access to the database swaps the reviewed plan
+        // for another: the whole artifact row, its own sha256 included.
+        let store = &app.ctx.store;
+        let stored = store
+            .artifact(id, ArtifactKind::PlanFile)
+            .await
+            .unwrap()
+            .expect("the plan file is in the store");
+        assert_eq!(stored.sha256, recorded);
+        let mut bytes = stored.bytes;
         bytes.extend_from_slice(b"tampered");
-        std::fs::write(&plan, bytes).unwrap();
+        store
+            .put_artifact(id, ArtifactKind::PlanFile, &bytes)
+            .await
+            .unwrap();
 
         let r = post(&app, &format!("/api/runs/{id}/apply"), json!({})).await;
         assert_eq!(r.status(), 200);

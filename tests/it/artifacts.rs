@@ -1,0 +1,162 @@
+//! Run artifacts live in the store: a plan made on one replica is applied on
+//! another (its hash checked), any replica shows a run's log, and a run's log
+//! is in the store while terraform is still printing it.
+
+use std::time::Duration;
+
+use gantry::store::{sha256_hex, ArtifactKind};
+use serde_json::json;
+
+use crate::apply::{dns_yaml, merge, post, resources, wait_state};
+use crate::support::*;
+
+async fn log_of(app: &TestApp, id: i64) -> String {
+    let r = app
+        .client
+        .get(app.url(&format!("/api/runs/{id}/log")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_plan_made_on_one_replica_is_applied_on_another() {
+    for db in databases() {
+        let env = TestEnv::new(&db).await;
+        let base = env.origin.commit(
+            &crate::support::origin::standard_files(),
+            &[],
+            "initial",
+            &["refs/heads/main"],
+        );
+        // Replica A plans the merge; the workspace waits for a confirmation.
+        let yaml = dns_yaml(&env, false);
+        let a = env.spawn_app(&env.replica_yaml(&yaml, "replica-a")).await;
+        merge(&env, &a, base, "dns-v2", "merge-1", 7).await;
+        let runs = a.wait_for_runs_done(1).await;
+        let id = runs[0]["id"].as_i64().unwrap();
+        assert_eq!(runs[0]["state"], "needs_confirmation", "{db:?}");
+        a.stop().await;
+        // Nothing of the run stays on A's disk: its scratch is gone.
+        let a_data = env.dir.path().join("data-replica-a");
+        assert!(!a_data.join(format!("work/run-{id}")).exists());
+        assert!(!a_data.join("runs").exists());
+
+        // Replica B, with its own data_dir, applies exactly that plan.
+        let b = env.spawn_app(&env.replica_yaml(&yaml, "replica-b")).await;
+        let r = post(&b, &format!("/api/runs/{id}/apply"), json!({})).await;
+        assert_eq!(r.status(), 200);
+        let run = wait_state(&b, id, "applied").await;
+        let recorded = run["plan_sha256"].as_str().unwrap();
+        let stored = b
+            .ctx
+            .store
+            .artifact(id, ArtifactKind::PlanFile)
+            .await
+            .unwrap()
+            .expect("the plan file is in the store");
+        assert_eq!(stored.sha256, recorded, "{db:?}");
+        assert_eq!(sha256_hex(&stored.bytes), recorded, "{db:?}");
+        assert_eq!(
+            resources(&b.api("/api/workspaces/dns/state").await),
+            ["null_resource.this"]
+        );
+        let versions = b.api("/api/workspaces/dns/state-versions").await;
+        assert_eq!(versions["state_versions"][0]["run_id"], id, "{versions}");
+
+        // B shows the whole log: A's plan, then its own apply.
+        let log = log_of(&b, id).await;
+        let plan_at = log.find("Plan: 1 to add").expect("the plan's output");
+        let apply_at = log.find("Apply complete!").expect("the apply's output");
+        assert!(plan_at < apply_at, "{log}");
+        // The plan JSON is kept for policies and impact analysis.
+        let json = b
+            .ctx
+            .store
+            .artifact(id, ArtifactKind::PlanJson)
+            .await
+            .unwrap()
+            .unwrap();
+        let plan: serde_json::Value = serde_json::from_slice(&json.bytes).unwrap();
+        assert_eq!(
+            plan["resource_changes"][0]["address"], "null_resource.this",
+            "{db:?}"
+        );
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_runs_log_is_in_the_store_while_terraform_prints_it() {
+    for db in databases() {
+        let env = TestEnv::new(&db).await;
+        let base = env.origin.commit(
+            &crate::support::origin::standard_files(),
+            &[],
+            "initial",
+            &["refs/heads/main"],
+        );
+        let slow = env.dir.path().join("slow-plan");
+        crate::support::origin::write_script(
+            &slow,
+            &format!(
+                "#!/bin/sh\nif [ \"$1\" = plan ]; then echo \"slow plan: started\"; sleep 60; fi\nexec \"{}\" \"$@\"\n",
+                terraform_bin()
+            ),
+        );
+        let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
+        let app = env
+            .spawn_app(&env.config_yaml(workspaces, 1, "127.0.0.1:0", &slow.display().to_string()))
+            .await;
+        merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
+        let id = wait_until(Duration::from_secs(60), || async {
+            let runs = app.runs().await;
+            runs.first()
+                .filter(|r| r["state"] == "planning")
+                .and_then(|r| r["id"].as_i64())
+        })
+        .await;
+        // While terraform still runs, what it printed is already stored: a
+        // SIGKILL now would keep it.
+        let log = wait_until(Duration::from_secs(30), || async {
+            let log = log_of(&app, id).await;
+            log.contains("slow plan: started").then_some(log)
+        })
+        .await;
+        assert!(
+            log.contains("Terraform has been successfully initialized"),
+            "{log}"
+        );
+        assert_eq!(
+            app.api(&format!("/api/runs/{id}")).await["state"],
+            "planning",
+            "{db:?}"
+        );
+
+        // Stopped midway, the run keeps that log and says why it ended.
+        assert_eq!(
+            post(&app, &format!("/api/runs/{id}/cancel"), json!({}))
+                .await
+                .status(),
+            200
+        );
+        wait_state(&app, id, "canceled").await;
+        let log = wait_until(Duration::from_secs(30), || async {
+            let log = log_of(&app, id).await;
+            log.contains("gantry: canceled").then_some(log)
+        })
+        .await;
+        assert!(log.contains("slow plan: started"), "{log}");
+        // Folded into the compressed artifact once the run ended.
+        let folded = wait_until(Duration::from_secs(10), || async {
+            app.ctx.store.artifact(id, ArtifactKind::Log).await.unwrap()
+        })
+        .await;
+        assert_eq!(String::from_utf8(folded.bytes).unwrap(), log);
+        assert_eq!(folded.sha256, sha256_hex(log.as_bytes()));
+        app.stop().await;
+    }
+}
