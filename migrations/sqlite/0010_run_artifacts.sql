@@ -22,3 +22,11 @@ CREATE TABLE run_log_chunks (
     created_at BIGINT  NOT NULL
 );
 CREATE INDEX run_log_chunks_run ON run_log_chunks (run_id, id);
+
+-- Background maintenance one replica at a time (retention): the holder and
+-- until when it holds the job.
+CREATE TABLE maintenance_leases (
+    name        TEXT    NOT NULL PRIMARY KEY,
+    holder      TEXT    NOT NULL,
+    lease_until BIGINT  NOT NULL
+);

@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod events;
+mod retention;
 mod runs;
 mod workspaces;
 
@@ -23,6 +24,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
+pub use retention::{Cutoffs, Pruned};
 pub use runs::{NewRun, TickOutcome};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 
