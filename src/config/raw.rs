@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub runner: RawRunner,
     #[serde(default)]
+    pub retention: RawRetention,
+    #[serde(default)]
     pub pricing_dir: Option<String>,
     #[serde(default)]
     pub allow_fork_prs: bool,
@@ -91,6 +93,19 @@ pub struct RawPolicyGroup {
     #[serde(default = "default_dir")]
     pub path: String,
     pub environments: Vec<String>,
+}
+
+/// How long old data is kept: days, and state versions by count.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRetention {
+    #[serde(default)]
+    pub plan_files_days: Option<i64>,
+    #[serde(default)]
+    pub logs_days: Option<i64>,
+    #[serde(default)]
+    pub state_versions: Option<i64>,
+    #[serde(default)]
+    pub events_days: Option<i64>,
 }
 
 /// How terraform processes run.

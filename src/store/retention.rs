@@ -3,19 +3,31 @@
 //! Never deleted, whatever its age: anything of a run that is queued, active
 //! or waiting for a confirmation; anything of the newest run of each pull
 //! request and workspace (a `gantry apply` comment applies it; its comment
-//! shows it); the plan JSON of each workspace's newest planned run (policy
-//! impact analysis reads it); the newest state version of each workspace.
+//! shows it); the plan JSON and log of each workspace's newest planned run
+//! (policy impact analysis reads it), though not its plan file; the newest
+//! state version of each workspace.
 
 use std::time::Duration;
 
 use super::{now_ms, Store, StoreResult};
 
-/// The runs whose artifacts retention keeps, as a subquery.
-const PROTECTED_RUNS: &str = "
-    SELECT id FROM runs WHERE state IN ('queued', 'fetching', 'planning', 'applying', 'needs_confirmation')
-    UNION SELECT MAX(id) FROM runs WHERE pr_number IS NOT NULL
-        GROUP BY provider_id, repo, pr_number, workspace
-    UNION SELECT MAX(id) FROM runs WHERE planned_at IS NOT NULL GROUP BY workspace";
+/// The runs that may still be applied, as a subquery: retention keeps all
+/// their artifacts.
+macro_rules! applicable_runs {
+    () => {
+        "SELECT id FROM runs WHERE state IN ('queued', 'fetching', 'planning', 'applying', 'needs_confirmation')
+         UNION SELECT MAX(id) FROM runs WHERE pr_number IS NOT NULL
+             GROUP BY provider_id, repo, pr_number, workspace"
+    };
+}
+const APPLICABLE_RUNS: &str = applicable_runs!();
+
+/// [`APPLICABLE_RUNS`] and each workspace's newest planned run (whose plan
+/// JSON impact analysis reads): retention keeps their plan JSON and log.
+const PROTECTED_RUNS: &str = concat!(
+    applicable_runs!(),
+    " UNION SELECT MAX(id) FROM runs WHERE planned_at IS NOT NULL GROUP BY workspace"
+);
 
 /// How long each kind of data is kept; a time is a Unix-millisecond cutoff
 /// (older is deleted).
@@ -65,8 +77,16 @@ impl Store {
 
     /// Deletes what is older than `cutoffs` and not protected (see the module docs).
     pub async fn prune(&self, cutoffs: Cutoffs) -> StoreResult<Pruned> {
-        let plan_artifacts = sqlx::query(&format!(
-            "DELETE FROM run_artifacts WHERE kind IN ('plan_file', 'plan_json') AND created_at < $1
+        let plan_files = sqlx::query(&format!(
+            "DELETE FROM run_artifacts WHERE kind = 'plan_file' AND created_at < $1
+               AND run_id NOT IN ({APPLICABLE_RUNS})"
+        ))
+        .bind(cutoffs.plans_before)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let plan_json = sqlx::query(&format!(
+            "DELETE FROM run_artifacts WHERE kind = 'plan_json' AND created_at < $1
                AND run_id NOT IN ({PROTECTED_RUNS})"
         ))
         .bind(cutoffs.plans_before)
@@ -118,7 +138,7 @@ impl Store {
         .await?
         .rows_affected();
         Ok(Pruned {
-            plan_artifacts,
+            plan_artifacts: plan_files + plan_json,
             logs,
             state_versions,
             events,

@@ -160,3 +160,76 @@ async fn a_runs_log_is_in_the_store_while_terraform_prints_it() {
         app.stop().await;
     }
 }
+
+/// The kinds of artifact run `id` has in the store.
+async fn kinds(app: &TestApp, id: i64) -> Vec<String> {
+    sqlx::query_scalar("SELECT kind FROM run_artifacts WHERE run_id = $1 ORDER BY kind")
+        .bind(id)
+        .fetch_all(app.ctx.store.pool())
+        .await
+        .unwrap()
+}
+
+/// Everything stored is older than any retention keeps it.
+async fn age_everything(app: &TestApp) {
+    for table in ["run_artifacts", "run_log_chunks"] {
+        sqlx::query(&format!("UPDATE {table} SET created_at = 1"))
+            .execute(app.ctx.store.pool())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn retention_deletes_old_plans_but_keeps_what_a_pr_and_a_confirmation_need() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let (_, base, head) = env.origin.standard_change(
+        vec![("dns/main.tf", crate::support::origin::null_config("dns-pr"))],
+        "dns change",
+        &["refs/pull/7/head"],
+    );
+    let app = env.spawn_app(&dns_yaml(&env, false)).await;
+    // A merge waits for confirmation; pull request 7 has a plan.
+    merge(&env, &app, base, "dns-v2", "merge-1", 5).await;
+    let waiting = app.wait_for_runs_done(1).await[0]["id"].as_i64().unwrap();
+    app.send_webhook(
+        "pull_request",
+        "pr-7",
+        &pr_payload("opened", &head.to_string(), &base.to_string()),
+    )
+    .await;
+    let runs = app.wait_for_runs_done(2).await;
+    let pr_run = runs.iter().find(|r| r["id"] != waiting).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let all = ["log", "plan_file", "plan_json"];
+    assert_eq!(kinds(&app, waiting).await, all);
+    assert_eq!(kinds(&app, pr_run).await, all);
+
+    age_everything(&app).await;
+    gantry::retention::pass(&app.ctx.store, &app.ctx.config()).await;
+    assert_eq!(
+        kinds(&app, waiting).await,
+        all,
+        "a waiting confirmation keeps its plan"
+    );
+    assert_eq!(
+        kinds(&app, pr_run).await,
+        all,
+        "a PR's newest run keeps its plan"
+    );
+
+    // Once applied, the merge's plan is only old data.
+    post(&app, &format!("/api/runs/{waiting}/apply"), json!({})).await;
+    wait_state(&app, waiting, "applied").await;
+    age_everything(&app).await;
+    gantry::retention::pass(&app.ctx.store, &app.ctx.config()).await;
+    assert!(kinds(&app, waiting).await.is_empty());
+    assert_eq!(kinds(&app, pr_run).await, all);
+    // The current state is never pruned.
+    assert_eq!(
+        resources(&app.api("/api/workspaces/dns/state").await),
+        ["null_resource.this"]
+    );
+    app.stop().await;
+}
