@@ -72,6 +72,34 @@ fn decompress(encoding: &str, data: &[u8]) -> StoreResult<Vec<u8>> {
     Ok(out)
 }
 
+/// Stores (or replaces) one artifact of a run, compressed; returns the
+/// sha256 of `bytes`.
+async fn write_artifact<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    run_id: i64,
+    kind: ArtifactKind,
+    bytes: &[u8],
+) -> StoreResult<String> {
+    let sha = sha256_hex(bytes);
+    sqlx::query(
+        "INSERT INTO run_artifacts (run_id, kind, encoding, data, sha256, size, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (run_id, kind) DO UPDATE SET encoding = excluded.encoding,
+             data = excluded.data, sha256 = excluded.sha256, size = excluded.size,
+             created_at = excluded.created_at",
+    )
+    .bind(run_id)
+    .bind(kind.as_str())
+    .bind(GZIP)
+    .bind(compress(bytes))
+    .bind(&sha)
+    .bind(bytes.len() as i64)
+    .bind(now_ms())
+    .execute(db)
+    .await?;
+    Ok(sha)
+}
+
 impl Store {
     /// Stores (or replaces) one artifact of a run; returns the sha256 of `bytes`.
     pub async fn put_artifact(
@@ -80,24 +108,7 @@ impl Store {
         kind: ArtifactKind,
         bytes: &[u8],
     ) -> StoreResult<String> {
-        let sha = sha256_hex(bytes);
-        sqlx::query(
-            "INSERT INTO run_artifacts (run_id, kind, encoding, data, sha256, size, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (run_id, kind) DO UPDATE SET encoding = excluded.encoding,
-                 data = excluded.data, sha256 = excluded.sha256, size = excluded.size,
-                 created_at = excluded.created_at",
-        )
-        .bind(run_id)
-        .bind(kind.as_str())
-        .bind(GZIP)
-        .bind(compress(bytes))
-        .bind(&sha)
-        .bind(bytes.len() as i64)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(sha)
+        write_artifact(&self.pool, run_id, kind, bytes).await
     }
 
     /// One artifact of a run. The bytes are checked against the stored size;
@@ -204,22 +215,7 @@ impl Store {
             log.extend_from_slice(row.try_get::<String, _>("text")?.as_bytes());
             last = row.try_get("id")?;
         }
-        sqlx::query(
-            "INSERT INTO run_artifacts (run_id, kind, encoding, data, sha256, size, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (run_id, kind) DO UPDATE SET encoding = excluded.encoding,
-                 data = excluded.data, sha256 = excluded.sha256, size = excluded.size,
-                 created_at = excluded.created_at",
-        )
-        .bind(run_id)
-        .bind(ArtifactKind::Log.as_str())
-        .bind(GZIP)
-        .bind(compress(&log))
-        .bind(sha256_hex(&log))
-        .bind(log.len() as i64)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        write_artifact(&mut *tx, run_id, ArtifactKind::Log, &log).await?;
         sqlx::query("DELETE FROM run_log_chunks WHERE run_id = $1 AND id <= $2")
             .bind(run_id)
             .bind(last)

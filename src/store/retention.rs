@@ -77,72 +77,71 @@ impl Store {
 
     /// Deletes what is older than `cutoffs` and not protected (see the module docs).
     pub async fn prune(&self, cutoffs: Cutoffs) -> StoreResult<Pruned> {
-        let plan_files = sqlx::query(&format!(
-            "DELETE FROM run_artifacts WHERE kind = 'plan_file' AND created_at < $1
-               AND run_id NOT IN ({APPLICABLE_RUNS})"
-        ))
-        .bind(cutoffs.plans_before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let plan_json = sqlx::query(&format!(
-            "DELETE FROM run_artifacts WHERE kind = 'plan_json' AND created_at < $1
-               AND run_id NOT IN ({PROTECTED_RUNS})"
-        ))
-        .bind(cutoffs.plans_before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let logs = sqlx::query(&format!(
-            "DELETE FROM run_artifacts WHERE kind = 'log' AND created_at < $1
-               AND run_id NOT IN ({PROTECTED_RUNS})"
-        ))
-        .bind(cutoffs.logs_before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        sqlx::query(&format!(
-            "DELETE FROM run_log_chunks WHERE created_at < $1 AND run_id NOT IN ({PROTECTED_RUNS})"
-        ))
-        .bind(cutoffs.logs_before)
-        .execute(&self.pool)
-        .await?;
-        let state_versions = sqlx::query(
-            "DELETE FROM state_versions WHERE id IN (
-                 SELECT id FROM (
-                     SELECT id, ROW_NUMBER() OVER (PARTITION BY workspace ORDER BY id DESC) AS newer
-                     FROM state_versions
-                 ) ranked WHERE newer > $1)",
+        let plan_files = self
+            .delete_older(
+                &format!("DELETE FROM run_artifacts WHERE kind = 'plan_file' AND created_at < $1 AND run_id NOT IN ({APPLICABLE_RUNS})"),
+                cutoffs.plans_before,
+            )
+            .await?;
+        let plan_json = self
+            .delete_older(
+                &format!("DELETE FROM run_artifacts WHERE kind = 'plan_json' AND created_at < $1 AND run_id NOT IN ({PROTECTED_RUNS})"),
+                cutoffs.plans_before,
+            )
+            .await?;
+        let logs = self
+            .delete_older(
+                &format!("DELETE FROM run_artifacts WHERE kind = 'log' AND created_at < $1 AND run_id NOT IN ({PROTECTED_RUNS})"),
+                cutoffs.logs_before,
+            )
+            .await?;
+        self.delete_older(
+            &format!("DELETE FROM run_log_chunks WHERE created_at < $1 AND run_id NOT IN ({PROTECTED_RUNS})"),
+            cutoffs.logs_before,
         )
-        .bind(cutoffs.state_versions.max(1))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .await?;
+        // The newest `state_versions` of each workspace stay ($1 is a count here).
+        let state_versions = self
+            .delete_older(
+                "DELETE FROM state_versions WHERE id IN (
+                     SELECT id FROM (
+                         SELECT id, ROW_NUMBER() OVER (PARTITION BY workspace ORDER BY id DESC) AS newer
+                         FROM state_versions
+                     ) ranked WHERE newer > $1)",
+                cutoffs.state_versions.max(1),
+            )
+            .await?;
         // Old runs forget their delivery (only their policy input's PR
         // details came from it); protected runs keep theirs, and it stays.
         const OLD_EVENTS: &str =
             "SELECT id FROM events WHERE state IN ('dispatched', 'failed') AND received_at < $1";
-        sqlx::query(&format!(
-            "UPDATE runs SET event_id = NULL WHERE event_id IN ({OLD_EVENTS})
-               AND id NOT IN ({PROTECTED_RUNS})"
-        ))
-        .bind(cutoffs.events_before)
-        .execute(&self.pool)
+        self.delete_older(
+            &format!("UPDATE runs SET event_id = NULL WHERE event_id IN ({OLD_EVENTS}) AND id NOT IN ({PROTECTED_RUNS})"),
+            cutoffs.events_before,
+        )
         .await?;
-        let events = sqlx::query(&format!(
-            "DELETE FROM events WHERE id IN ({OLD_EVENTS})
-               AND id NOT IN (SELECT event_id FROM runs WHERE event_id IS NOT NULL)"
-        ))
-        .bind(cutoffs.events_before)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let events = self
+            .delete_older(
+                &format!("DELETE FROM events WHERE id IN ({OLD_EVENTS}) AND id NOT IN (SELECT event_id FROM runs WHERE event_id IS NOT NULL)"),
+                cutoffs.events_before,
+            )
+            .await?;
         Ok(Pruned {
             plan_artifacts: plan_files + plan_json,
             logs,
             state_versions,
             events,
         })
+    }
+
+    /// Runs one statement bound to `$1` (a cutoff, or a count); returns how
+    /// many rows it deleted or changed.
+    async fn delete_older(&self, sql: &str, before: i64) -> StoreResult<u64> {
+        Ok(sqlx::query(sql)
+            .bind(before)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 }
 

@@ -483,6 +483,33 @@ async fn queued_runs_can_be_canceled() {
     app.stop().await;
 }
 
+/// An app with one workspace, `dns`, whose `terraform plan` prints
+/// "slow plan: started" and then takes a minute, and the id of the run a
+/// merge on `base` started, once it is planning.
+pub(crate) async fn planning_slowly(env: &TestEnv, base: git2::Oid) -> (TestApp, i64) {
+    let slow = env.dir.path().join("slow-plan");
+    crate::support::origin::write_script(
+        &slow,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = plan ]; then echo \"slow plan: started\"; sleep 60; fi\nexec \"{}\" \"$@\"\n",
+            terraform_bin()
+        ),
+    );
+    let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
+    let app = env
+        .spawn_app(&env.config_yaml(workspaces, 1, "127.0.0.1:0", &slow.display().to_string()))
+        .await;
+    merge(env, &app, base, "dns-v2", "merge-1", 7).await;
+    let id = wait_until(Duration::from_secs(60), || async {
+        let runs = app.runs().await;
+        runs.first()
+            .filter(|r| r["state"] == "planning")
+            .and_then(|r| r["id"].as_i64())
+    })
+    .await;
+    (app, id)
+}
+
 #[tokio::test]
 async fn a_running_plan_can_be_canceled() {
     let env = TestEnv::new(&Db::Sqlite).await;
@@ -492,26 +519,7 @@ async fn a_running_plan_can_be_canceled() {
         "initial",
         &["refs/heads/main"],
     );
-    let slow = env.dir.path().join("slow-plan");
-    crate::support::origin::write_script(
-        &slow,
-        &format!(
-            "#!/bin/sh\nif [ \"$1\" = plan ]; then sleep 60; fi\nexec \"{}\" \"$@\"\n",
-            terraform_bin()
-        ),
-    );
-    let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
-    let app = env
-        .spawn_app(&env.config_yaml(workspaces, 1, "127.0.0.1:0", &slow.display().to_string()))
-        .await;
-    merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
-    let id = wait_until(Duration::from_secs(60), || async {
-        let runs = app.runs().await;
-        runs.first()
-            .filter(|r| r["state"] == "planning")
-            .and_then(|r| r["id"].as_i64())
-    })
-    .await;
+    let (app, id) = planning_slowly(&env, base).await;
     let started = std::time::Instant::now();
     assert_eq!(
         post(&app, &format!("/api/runs/{id}/cancel"), json!({}))

@@ -7,7 +7,7 @@ use std::time::Duration;
 use gantry::store::{sha256_hex, ArtifactKind};
 use serde_json::json;
 
-use crate::apply::{dns_yaml, merge, post, resources, wait_state};
+use crate::apply::{dns_yaml, merge, planning_slowly, post, resources, wait_state};
 use crate::support::*;
 
 async fn log_of(app: &TestApp, id: i64) -> String {
@@ -99,26 +99,7 @@ async fn a_runs_log_is_in_the_store_while_terraform_prints_it() {
             "initial",
             &["refs/heads/main"],
         );
-        let slow = env.dir.path().join("slow-plan");
-        crate::support::origin::write_script(
-            &slow,
-            &format!(
-                "#!/bin/sh\nif [ \"$1\" = plan ]; then echo \"slow plan: started\"; sleep 60; fi\nexec \"{}\" \"$@\"\n",
-                terraform_bin()
-            ),
-        );
-        let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
-        let app = env
-            .spawn_app(&env.config_yaml(workspaces, 1, "127.0.0.1:0", &slow.display().to_string()))
-            .await;
-        merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
-        let id = wait_until(Duration::from_secs(60), || async {
-            let runs = app.runs().await;
-            runs.first()
-                .filter(|r| r["state"] == "planning")
-                .and_then(|r| r["id"].as_i64())
-        })
-        .await;
+        let (app, id) = planning_slowly(&env, base).await;
         // While terraform still runs, what it printed is already stored: a
         // SIGKILL now would keep it.
         let log = wait_until(Duration::from_secs(30), || async {
