@@ -2,6 +2,7 @@
 //! the run goes, the saved plan kept once it is made, and the plan an apply
 //! loads back, on whichever replica it runs.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -104,7 +105,11 @@ pub async fn keep_plan(
 /// The plan `run` made, as the store has it, with the sha256 recorded when it
 /// was reviewed: the runner applies it only if the two agree. `Err` says why
 /// there is nothing to apply.
-pub async fn load_plan(store: &Store, run: &Run) -> Result<PlanFile, String> {
+///
+/// A plan made before artifacts moved to the store (kept under
+/// `data_dir/runs/<id>/` by the replica that made it) is taken into the store
+/// on first use, so runs waiting for a confirmation survive the upgrade.
+pub async fn load_plan(store: &Store, run: &Run, data_dir: &Path) -> Result<PlanFile, String> {
     let sha256 = run
         .plan_sha256
         .clone()
@@ -112,12 +117,26 @@ pub async fn load_plan(store: &Store, run: &Run) -> Result<PlanFile, String> {
     let stored = store
         .artifact(run.id, ArtifactKind::PlanFile)
         .await
-        .map_err(|e| format!("loading the saved plan: {e}"))?
-        .ok_or("the saved plan file is missing; re-plan")?;
-    Ok(PlanFile {
-        bytes: stored.bytes,
-        sha256,
-    })
+        .map_err(|e| format!("loading the saved plan: {e}"))?;
+    let bytes = match stored {
+        Some(a) => a.bytes,
+        None => {
+            let legacy = data_dir
+                .join("runs")
+                .join(run.id.to_string())
+                .join("plan.tfplan");
+            let bytes = tokio::fs::read(&legacy)
+                .await
+                .map_err(|_| "the saved plan file is missing; re-plan".to_string())?;
+            store
+                .put_artifact(run.id, ArtifactKind::PlanFile, &bytes)
+                .await
+                .map_err(|e| format!("storing the saved plan: {e}"))?;
+            let _ = tokio::fs::remove_file(&legacy).await;
+            bytes
+        }
+    };
+    Ok(PlanFile { bytes, sha256 })
 }
 
 /// The plan JSON of run `run_id`, if it kept one.

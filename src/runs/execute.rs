@@ -761,7 +761,7 @@ async fn apply_phase(
         .ok_or_else(|| Failure("the run disappeared".into()))?;
     check_applicable(ctx, &fresh).await?;
     // The reviewed plan, from the store: whichever replica made it.
-    let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh)
+    let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh, &ctx.config().data_dir)
         .await
         .map_err(|e| Failure(format!("apply refused: {e}")))?;
     if !ctx

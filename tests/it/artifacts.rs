@@ -214,3 +214,46 @@ async fn retention_deletes_old_plans_but_keeps_what_a_pr_and_a_confirmation_need
     );
     app.stop().await;
 }
+
+/// A run that waited for confirmation across the upgrade has its plan on the
+/// planning replica's disk, where gantry kept it before: it is taken into the
+/// store and applied, hash checked.
+#[tokio::test]
+async fn a_plan_kept_on_disk_before_the_upgrade_is_still_applied() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let base = env.origin.commit(
+        &crate::support::origin::standard_files(),
+        &[],
+        "initial",
+        &["refs/heads/main"],
+    );
+    let app = env.spawn_app(&dns_yaml(&env, false)).await;
+    merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
+    let id = app.wait_for_runs_done(1).await[0]["id"].as_i64().unwrap();
+    // As an older gantry left it: the plan file on disk, not in the store.
+    let store = &app.ctx.store;
+    let plan = store
+        .artifact(id, ArtifactKind::PlanFile)
+        .await
+        .unwrap()
+        .unwrap();
+    sqlx::query("DELETE FROM run_artifacts WHERE run_id = $1 AND kind = 'plan_file'")
+        .bind(id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let legacy = env.data_dir().join(format!("runs/{id}/plan.tfplan"));
+    std::fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+    std::fs::write(&legacy, &plan.bytes).unwrap();
+
+    post(&app, &format!("/api/runs/{id}/apply"), json!({})).await;
+    wait_state(&app, id, "applied").await;
+    let imported = store
+        .artifact(id, ArtifactKind::PlanFile)
+        .await
+        .unwrap()
+        .expect("taken into the store");
+    assert_eq!(imported.sha256, plan.sha256);
+    assert!(!legacy.exists());
+    app.stop().await;
+}
