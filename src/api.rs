@@ -62,6 +62,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let api = Router::new()
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/log", get(run_log))
         .route("/runs/{id}/apply", post(confirm_apply))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/override", post(override_policy))
@@ -270,6 +271,14 @@ async fn get_run(
     let mut view = serde_json::to_value(RunView::from(&run)).map_err(anyhow::Error::from)?;
     view["transitions"] = serde_json::Value::Array(transitions);
     Ok(Json(view))
+}
+
+/// The run's log as text, redacted, from the store: whichever replica ran
+/// it, and as far as it got if it is still running or was killed.
+async fn run_log(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Result<String, ApiError> {
+    let id = run_id(&id)?;
+    find_run(&ctx, id).await?;
+    Ok(ctx.store.run_log(id).await?.unwrap_or_default())
 }
 
 async fn list_workspaces(State(ctx): State<Arc<Ctx>>) -> Result<Json<serde_json::Value>, ApiError> {

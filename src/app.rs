@@ -286,6 +286,11 @@ impl App {
         tasks.spawn(crate::queue::reaper(ctx.clone()));
         tasks.spawn(crate::queue::policy_sync(ctx.clone()));
         tasks.spawn(crate::queue::drift_scheduler(ctx.clone()));
+        tasks.spawn(crate::retention::retention(
+            ctx.store.clone(),
+            ctx.config.clone(),
+            ctx.shutdown.clone(),
+        ));
         if self.watch_config {
             let watcher = crate::config::reload::watch(ctx.clone())?;
             tasks.spawn(async move {

@@ -20,6 +20,7 @@
 //! | [`report`] | status texts, the PR comment and its size limit |
 //! | [`redact`] | keeping secrets out of logs and comments |
 //! | [`store`] | SQLite/PostgreSQL: migrations and queries |
+//! | [`retention`] | deleting old plans, logs, state versions, deliveries |
 //! | [`api`] | REST API, health |
 
 pub mod api;
@@ -36,6 +37,7 @@ pub mod policy;
 pub mod queue;
 pub mod redact;
 pub mod report;
+pub mod retention;
 pub mod runner;
 pub mod runs;
 pub mod state;

@@ -346,6 +346,21 @@ pub struct QueueConfig {
 /// The lease when `queue.lease` is not set.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
+/// How long old data is kept (`retention:`). What retention never deletes
+/// (waiting runs, a pull request's newest runs, the current state) is in
+/// `store::retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Plan files and plan JSON (they hold secrets in the clear): 14 days.
+    pub plan_files: Duration,
+    /// Run logs: 90 days.
+    pub logs: Duration,
+    /// The newest state versions kept per workspace: 100.
+    pub state_versions: i64,
+    /// Webhook deliveries, once dispatched: 30 days.
+    pub events: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub sandbox: SandboxMode,
@@ -375,6 +390,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub terraform: TerraformConfig,
     pub runner: RunnerConfig,
+    pub retention: RetentionConfig,
     /// Files gantry's configuration names that hold secrets (GitHub App keys),
     /// which a sandboxed run must never read.
     pub key_files: Vec<PathBuf>,
@@ -686,6 +702,7 @@ impl<'a> Validator<'a> {
         let workspaces = self.workspaces(&raw);
         let policy_groups = self.policy_groups(&raw);
         let variables = self.variables(&raw);
+        let retention = self.retention(&raw.retention);
 
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
@@ -708,6 +725,7 @@ impl<'a> Validator<'a> {
                 sandbox,
                 allow_read,
             },
+            retention,
             key_files,
             pricing: pricing.expect("validated"),
             allow_fork_prs: raw.allow_fork_prs,
@@ -718,6 +736,27 @@ impl<'a> Validator<'a> {
             policy_groups,
             variables,
         })
+    }
+
+    fn retention(&mut self, raw: &raw::RawRetention) -> RetentionConfig {
+        let mut count = |key: &str, value: Option<i64>, default: i64| match value {
+            None => default,
+            Some(n) if n >= 1 => n,
+            Some(n) => {
+                self.err(
+                    format!("retention.{key}"),
+                    format!("{n} must be at least 1"),
+                );
+                default
+            }
+        };
+        let day = |n: i64| Duration::from_secs(n as u64 * 86_400);
+        RetentionConfig {
+            plan_files: day(count("plan_files_days", raw.plan_files_days, 14)),
+            logs: day(count("logs_days", raw.logs_days, 90)),
+            state_versions: count("state_versions", raw.state_versions, 100),
+            events: day(count("events_days", raw.events_days, 30)),
+        }
     }
 
     fn terraform(&mut self, raw: &RawConfig) -> Option<TerraformConfig> {

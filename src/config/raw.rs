@@ -31,6 +31,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub queue: RawQueue,
     #[serde(default)]
+    pub retention: RawRetention,
+    #[serde(default)]
     pub pricing_dir: Option<String>,
     #[serde(default)]
     pub allow_fork_prs: bool,
@@ -105,6 +107,19 @@ pub struct RawQueue {
     /// How long a claim lasts without a heartbeat, e.g. `60s`.
     #[serde(default)]
     pub lease: Option<String>,
+}
+
+/// How long old data is kept: days, and state versions by count.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRetention {
+    #[serde(default)]
+    pub plan_files_days: Option<i64>,
+    #[serde(default)]
+    pub logs_days: Option<i64>,
+    #[serde(default)]
+    pub state_versions: Option<i64>,
+    #[serde(default)]
+    pub events_days: Option<i64>,
 }
 
 /// How terraform processes run.

@@ -851,3 +851,38 @@ fn the_queue_lease_is_checked_and_the_default_node_id_is_unique_per_process() {
     let explicit = load(&format!("{GOOD}node_id: gantry-1\n")).unwrap();
     assert_eq!(explicit.node_id, "gantry-1");
 }
+
+#[test]
+fn retention_has_defaults_and_refuses_zero() {
+    let c = load(GOOD).unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        c.retention,
+        RetentionConfig {
+            plan_files: 14 * day,
+            logs: 90 * day,
+            state_versions: 100,
+            events: 30 * day,
+        }
+    );
+    let c = load(&format!(
+        "{GOOD}retention:\n  plan_files_days: 3\n  state_versions: 5\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.retention.plan_files, c.retention.state_versions),
+        (3 * day, 5)
+    );
+    let errors = messages(&format!("{GOOD}retention:\n  logs_days: 0\n"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("retention.logs_days") && e.contains("at least 1")),
+        "{errors:?}"
+    );
+    let errors = messages(&format!("{GOOD}retention:\n  keep: 1\n"));
+    assert!(
+        errors.iter().any(|e| e.contains("retention.keep")),
+        "{errors:?}"
+    );
+}

@@ -14,12 +14,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{Ctx, DRAIN_IN_FLIGHT};
-use crate::config::Phase;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
 use crate::report::{self, Section, COMMENT_MARKER};
-use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
+use crate::runner::{
+    BackendConfig, JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError,
+};
+use crate::runs::artifacts::RunLog;
 use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
 use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, Audit, Lease};
@@ -97,13 +99,16 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
         })
     };
 
+    let log = RunLog::start(ctx.store.clone(), run.id);
+
     let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &lease, &before_apply, &reporter).await
+        apply_confirmed(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
     } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &lease, &before_apply, &reporter).await
+        drift_run(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
     } else {
-        plan_run(ctx, &run, &lease, &before_apply, &reporter).await
+        plan_run(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
     };
+    log.finish().await;
     drain.abort();
     let fenced = heartbeat.stop();
     ctx.unregister_run(run.id);
@@ -183,35 +188,34 @@ fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
         .join(format!("run-{run_id}"))
 }
 
-/// The terraform job of one run phase: its directories, the workspace's own
-/// plugin cache, its timeout, and only that workspace's variables for `phase`.
-pub fn job_request(
+/// The terraform job of one run phase: its timeout, and only that
+/// workspace's variables for `phase`.
+pub fn job_spec(
     config: &crate::config::Config,
     workspace: &Workspace,
-    dirs: RunDirs,
-    artifacts: PathBuf,
-    phase: Phase,
-) -> PlanRequest {
-    PlanRequest {
-        workdir: dirs.checkout().join(workspace.dir.as_str()),
-        dirs,
-        artifacts,
-        plugin_cache: config.data_dir.join("plugin-cache").join(&workspace.name),
+    run_id: i64,
+    commit: &str,
+    phase: JobPhase,
+) -> JobSpec {
+    JobSpec {
+        run_id,
+        workspace: workspace.name.clone(),
+        variables: crate::runner::variables_for(config, &workspace.name, phase.variables()),
+        phase,
+        commit: commit.to_string(),
+        dir: workspace.dir.as_str().to_string(),
+        backend: None,
         timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
-        variables: crate::runner::variables_for(config, &workspace.name, phase),
-        plan_sha256: None,
     }
-}
-
-pub fn artifacts_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
-    ctx.config().data_dir.join("runs").join(run_id.to_string())
 }
 
 /// A checked-out commit ready for terraform.
 struct Prepared {
     workspace: Workspace,
     runner: LocalRunner,
-    request: PlanRequest,
+    job: JobSpec,
+    /// Where terraform runs: the workspace's directory in the run's scratch.
+    workdir: PathBuf,
     /// Whether gantry keeps this workspace's state.
     gantry_state: bool,
 }
@@ -277,31 +281,32 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
             .map_err(|e| Failure(format!("checkout task failed: {e}")))??;
     }
     let phase = if run.kind == RunKind::Drift {
-        Phase::Drift
+        JobPhase::Drift {
+            refresh_only: workspace.drift_mode == crate::drift::DriftMode::RefreshOnly,
+        }
     } else {
-        Phase::Plan
+        JobPhase::Plan
     };
     let env = ctx.env.clone();
-    let mut request = job_request(&config, &workspace, dirs, artifacts_dir(ctx, run.id), phase);
-    let gantry_state = !crate::state::has_own_backend(&request.workdir);
+    let mut job = job_spec(&config, &workspace, run.id, &run.head_sha, phase);
+    let workdir = dirs.checkout().join(&job.dir);
+    let gantry_state = !crate::state::has_own_backend(&workdir);
     if gantry_state {
         let base = crate::state::backend_base(&config, ctx.local_addr);
-        let creds = crate::state::configure_run(
-            &ctx.store,
-            &base,
-            &workspace.name,
-            run.id,
-            &request.workdir,
-        )
-        .await?;
-        request.variables.extend(backend_env_vars(creds));
+        let creds =
+            crate::state::configure_run(&ctx.store, &base, &workspace.name, run.id, &workdir)
+                .await?;
+        job.backend = Some(BackendConfig {
+            env: backend_env_vars(creds),
+        });
     }
     let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
         .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
     Ok(Prepared {
         workspace,
         runner,
-        request,
+        job,
+        workdir,
         gantry_state,
     })
 }
@@ -349,10 +354,11 @@ async fn plan_run(
     lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     let prepared = start_planning(ctx, run, lease, reporter).await?;
     let state_version = crate::state::current_version(&ctx.store, &prepared.workspace.name).await?;
-    let out = match prepared.runner.plan(&prepared.request, cancel).await {
+    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
         Ok(out) => out,
         Err(e) => {
             if let RunnerError::Failed { message, .. } = &e {
@@ -362,8 +368,12 @@ async fn plan_run(
             return Err(e.into());
         }
     };
-    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
-    let cost = crate::cost::estimate(&out.plan, &ctx.config().pricing);
+    let plan = out
+        .plan
+        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
+    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, true).await?;
+    ctx.store.set_plan_text(run.id, &out.text).await?;
+    let cost = crate::cost::estimate(&plan.parsed, &ctx.config().pricing);
     ctx.store.set_cost_estimate(run.id, &cost).await?;
     let governed = ctx
         .config()
@@ -371,12 +381,12 @@ async fn plan_run(
         .iter()
         .any(|g| g.environments.contains(&prepared.workspace.environment));
     if governed {
-        let tfrun = tfrun(ctx, run, &prepared.workspace, &out.summary, &cost).await;
+        let tfrun = tfrun(ctx, run, &prepared.workspace, &plan.summary, &cost).await;
         // Policies never see values terraform marks sensitive, so no deny
         // message can carry one into a comment.
-        let mut plan = out.plan.clone();
-        crate::redact::mask_sensitive_plan(&mut plan);
-        let input = crate::policy::input(plan, tfrun);
+        let mut masked = plan.parsed.clone();
+        crate::redact::mask_sensitive_plan(&mut masked);
+        let input = crate::policy::input(masked, tfrun);
         let checks =
             crate::policy::groups::evaluate(ctx, &prepared.workspace.environment, &input).await;
         ctx.store.set_policy_results(run.id, &checks).await?;
@@ -384,9 +394,9 @@ async fn plan_run(
     ctx.store
         .record_plan(
             run.id,
-            out.summary,
+            plan.summary,
             Some(state_version),
-            Some(&out.plan_sha256),
+            Some(&plan.file.sha256),
         )
         .await?;
 
@@ -397,7 +407,7 @@ async fn plan_run(
         return Ok(());
     }
     // An apply run (a merge): apply now, or wait for a confirmation.
-    if !out.summary.has_changes() {
+    if !plan.summary.has_changes() {
         ctx.store
             .transition(
                 lease,
@@ -482,6 +492,7 @@ async fn plan_run(
         false,
         cancel,
         reporter,
+        log,
     )
     .await
 }
@@ -494,18 +505,11 @@ async fn drift_run(
     lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     let prepared = start_planning(ctx, run, lease, reporter).await?;
     let mode = prepared.workspace.drift_mode;
-    let out = match prepared
-        .runner
-        .drift(
-            &prepared.request,
-            mode == crate::drift::DriftMode::RefreshOnly,
-            cancel,
-        )
-        .await
-    {
+    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
         Ok(out) => out,
         Err(e) => {
             if let RunnerError::Failed { message, .. } = &e {
@@ -514,8 +518,13 @@ async fn drift_run(
             return Err(e.into());
         }
     };
-    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
-    let report = crate::drift::report(&out.plan, mode, out.changes);
+    let plan = out
+        .plan
+        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
+    // A drift check's plan is never applied: only its JSON is kept.
+    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, false).await?;
+    ctx.store.set_plan_text(run.id, &out.text).await?;
+    let report = crate::drift::report(&plan.parsed, mode, out.changes);
     ctx.store
         .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
         .await?;
@@ -528,8 +537,9 @@ async fn drift_run(
             );
         }
     }
-    let summary = crate::runs::PlanSummary::from_plan_json(&out.plan);
-    ctx.store.record_plan(run.id, summary, None, None).await?;
+    ctx.store
+        .record_plan(run.id, plan.summary, None, None)
+        .await?;
     let reason = if report.drifted {
         match report.resources.len() {
             1 => "drift found in 1 resource".to_string(),
@@ -736,6 +746,7 @@ async fn apply_confirmed(
     lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     check_applicable(ctx, run).await?;
     let prepared = prepare(ctx, run).await?;
@@ -748,6 +759,7 @@ async fn apply_confirmed(
         true,
         cancel,
         reporter,
+        log,
     )
     .await
 }
@@ -802,6 +814,7 @@ async fn apply_phase(
     init: bool,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     // Checked again at the last moment, with the run holding the workspace
     // (and as stored now: the plan was recorded after this run was claimed).
@@ -818,6 +831,10 @@ async fn apply_phase(
     // Once applying, only a cancel request, a lost lease or the end of the
     // shutdown grace stops the run, not the start of a drain.
     let cancel = &ctx.run_token(run.id).unwrap_or_else(|| cancel.clone());
+    // The reviewed plan, from the store: whichever replica made it.
+    let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh, &ctx.config().data_dir)
+        .await
+        .map_err(|e| Failure(format!("apply refused: {e}")))?;
     if !ctx
         .store
         .transition(lease, &[from], RunState::Applying, None)
@@ -826,9 +843,13 @@ async fn apply_phase(
         return Err(Failure("run changed state before applying".into()));
     }
     reporter.changed();
-    let mut request = prepared.request.clone();
-    request.variables =
-        crate::runner::variables_for(&ctx.config(), &prepared.workspace.name, Phase::Apply);
+    let mut job = job_spec(
+        &ctx.config(),
+        &prepared.workspace,
+        run.id,
+        &run.head_sha,
+        JobPhase::Apply { plan, init },
+    );
     if prepared.gantry_state {
         // Only the apply may write the state.
         let creds = crate::state::run_credentials(
@@ -838,15 +859,16 @@ async fn apply_phase(
             crate::state::Access::Write,
         )
         .await?;
-        request.variables.extend(backend_env_vars(creds));
+        job.backend = Some(BackendConfig {
+            env: backend_env_vars(creds),
+        });
     }
-    request.plan_sha256 = fresh.plan_sha256.clone();
-    let result = prepared.runner.apply(&request, init, cancel).await;
+    let result = prepared.runner.run(&job, log, cancel).await;
     if let Err(RunnerError::PlanTampered { expected, actual }) = &result {
         return Err(refuse_tampered_plan(ctx, run, expected, actual).await);
     }
     match &result {
-        Ok(text) => ctx.store.set_apply_text(run.id, text).await?,
+        Ok(out) => ctx.store.set_apply_text(run.id, &out.text).await?,
         Err(RunnerError::Failed { message, .. }) => {
             ctx.store.set_apply_text(run.id, message).await?
         }
@@ -877,7 +899,7 @@ async fn lock_unfinished_apply(ctx: &Ctx, run: &Run, prepared: &Prepared, error:
             &ctx.store,
             &run.workspace,
             run.id,
-            &prepared.request.workdir,
+            &prepared.workdir,
             &why,
         )
         .await

@@ -19,6 +19,7 @@
 //! - [`heartbeat`] keeps the worker's lease on its run, and stops the run
 //!   (fencing) when the lease cannot be kept.
 
+pub mod artifacts;
 pub mod command;
 pub mod dispatch;
 pub mod execute;

@@ -8,9 +8,11 @@
 //! SQLite rule: a transaction's first statement is a write, so it takes the write
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
+mod artifacts;
 mod events;
 mod leases;
 mod policy_sets;
+mod retention;
 mod runs;
 mod state;
 mod workspaces;
@@ -23,9 +25,11 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use leases::Lease;
 pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLICY_SETS_CHANNEL};
+pub use retention::{Cutoffs, Pruned};
 pub use runs::{NewRun, TickOutcome};
 pub use state::{PutState, RunToken, SpooledState, StateLock};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};

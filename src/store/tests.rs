@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use super::*;
 use crate::runs::{RunKind, RunSource, RunState};
 
-async fn stores() -> Vec<(Store, tempfile::TempDir)> {
+pub(super) async fn stores() -> Vec<(Store, tempfile::TempDir)> {
     let mut out = Vec::new();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
@@ -33,7 +33,7 @@ async fn stores() -> Vec<(Store, tempfile::TempDir)> {
     out
 }
 
-fn new_run(ws: &str, pr: Option<i64>, sha: &str, event_id: Option<i64>) -> NewRun {
+pub(super) fn new_run(ws: &str, pr: Option<i64>, sha: &str, event_id: Option<i64>) -> NewRun {
     NewRun {
         workspace: ws.into(),
         event_id,

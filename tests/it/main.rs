@@ -4,6 +4,7 @@
 mod support;
 
 mod apply;
+mod artifacts;
 mod cli;
 mod commands;
 mod drain;
