@@ -200,14 +200,23 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A claim of a run: its id and lease token, and its state.
+type Claim = (i64, String, String);
+
 /// Kills A with SIGKILL once this process of A holds a run whose terraform
-/// is running: a claim (run and lease token) not in `stale`, which lists the
-/// claims of the processes killed before (they keep `replica-a` as their
-/// holder until their lease runs out). Adds the claims it killed to `stale`.
-async fn kill_mid_run(a: &mut KillOnDrop, store: &sqlx::AnyPool, stale: &mut Vec<(i64, String)>) {
+/// is running: a claim not in `stale`, which lists the claims of the processes
+/// killed before (they keep `replica-a` as their holder until their lease runs
+/// out). An apply is preferred for up to `wait_for_apply`, so interrupted
+/// applies are part of the burst. Adds the claims it killed to `stale`.
+async fn kill_mid_run(
+    a: &mut KillOnDrop,
+    store: &sqlx::AnyPool,
+    stale: &mut Vec<Claim>,
+    wait_for_apply: Duration,
+) {
     let held = || async {
-        let held: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT id, lease_token FROM runs
+        let held: Vec<Claim> = sqlx::query_as(
+            "SELECT id, lease_token, state FROM runs
              WHERE claimed_by = 'replica-a' AND state IN ('planning', 'applying')
                AND lease_token IS NOT NULL",
         )
@@ -215,11 +224,15 @@ async fn kill_mid_run(a: &mut KillOnDrop, store: &sqlx::AnyPool, stale: &mut Vec
         .await
         .unwrap();
         held.into_iter()
-            .filter(|c| !stale.contains(c))
+            .filter(|(id, token, _)| !stale.iter().any(|(i, t, _)| i == id && t == token))
             .collect::<Vec<_>>()
     };
+    let patient_until = tokio::time::Instant::now() + wait_for_apply;
     wait_until(Duration::from_secs(60), || async {
-        Some(held().await).filter(|h| !h.is_empty())
+        let held = held().await;
+        let applying = held.iter().any(|(_, _, state)| state == "applying");
+        let ready = applying || (!held.is_empty() && tokio::time::Instant::now() >= patient_until);
+        ready.then_some(())
     })
     .await;
     a.0.kill().unwrap();
@@ -295,10 +308,10 @@ async fn kill_9_during_a_burst_loses_nothing_and_runs_nothing_twice() {
     // redelivered to the other replica three deliveries later; A is killed
     // mid-run three times and restarted at once (webhooks sent while it is
     // down go to B, as GitHub's redelivery would).
-    let kill_after = [4, 10, 16];
+    let kill_after = [(4, 0), (10, 15), (17, 15)];
     let mut answers: HashMap<String, Vec<(usize, Option<u16>)>> = HashMap::new();
     let mut answered_by: HashMap<usize, usize> = HashMap::new();
-    let mut killed_holding: Vec<(i64, String)> = Vec::new();
+    let mut killed_holding: Vec<Claim> = Vec::new();
     let mut kills = 0;
     for (i, d) in deliveries.iter().enumerate() {
         let replicas = [base_a.as_str(), base_b.as_str()];
@@ -308,8 +321,9 @@ async fn kill_9_during_a_burst_loses_nothing_and_runs_nothing_twice() {
             let other = 1 - answered_by[&(i - 3)];
             deliver(&client, replicas, other, again, &mut answers).await;
         }
-        if kill_after.contains(&i) {
-            kill_mid_run(&mut a, &pool, &mut killed_holding).await;
+        if let Some((_, patience)) = kill_after.iter().find(|(after, _)| *after == i) {
+            let patience = Duration::from_secs(*patience);
+            kill_mid_run(&mut a, &pool, &mut killed_holding, patience).await;
             kills += 1;
             a = KillOnDrop(start(&env));
         }
