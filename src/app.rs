@@ -24,9 +24,6 @@ pub const LEASE: Duration = Duration::from_secs(60);
 
 pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// One lock per pull request: (provider id, repository, number).
-type CommentLocks = Mutex<HashMap<(String, String, i64), Arc<tokio::sync::Mutex<()>>>>;
-
 /// Shared by the HTTP handlers, the dispatcher and the workers.
 pub struct Ctx {
     pub config: SharedConfig,
@@ -41,8 +38,8 @@ pub struct Ctx {
     pub runs_queued: Notify,
     /// Wakes the dispatcher when an event was stored.
     pub events_stored: Notify,
-    /// Serializes comment updates per pull request in this process.
-    comment_locks: CommentLocks,
+    /// Wakes the outbox sender when a report was stored.
+    pub outbox_queued: Notify,
     /// Policy groups loaded by this process.
     pub policy_groups: crate::policy::groups::PolicyGroups,
     /// The sandbox terraform runs in; `None` only with `runner.sandbox: off`.
@@ -61,17 +58,6 @@ impl Ctx {
     /// The redactor for the current config: every way out goes through it.
     pub fn redactor(&self) -> Arc<Redactor> {
         self.redactor.load_full()
-    }
-
-    pub fn comment_lock(&self, provider: &str, repo: &str, pr: i64) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .comment_locks
-            .lock()
-            .expect("comment lock map poisoned");
-        locks
-            .entry((provider.to_string(), repo.to_string(), pr))
-            .or_default()
-            .clone()
     }
 
     pub fn register_run(&self, run_id: i64, cancel: CancellationToken) {
@@ -205,7 +191,7 @@ impl App {
             env,
             runs_queued: Notify::new(),
             events_stored: Notify::new(),
-            comment_locks: Mutex::default(),
+            outbox_queued: Notify::new(),
             running: Mutex::default(),
             sandbox,
             policy_groups: Default::default(),
@@ -245,8 +231,10 @@ impl App {
         let reaped = ctx.store.reap_runs(Some(&node)).await?;
         for run in &reaped {
             tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted by a restart", run.id);
+            crate::outbox::report_run(&ctx, run).await;
         }
         ctx.store.reap_events(Some(&node)).await?;
+        ctx.store.reap_reports(Some(&node)).await?;
 
         let mut tasks = JoinSet::new();
         tasks.spawn(crate::queue::dispatcher(ctx.clone()));
@@ -254,6 +242,7 @@ impl App {
         tasks.spawn(crate::queue::reaper(ctx.clone()));
         tasks.spawn(crate::queue::policy_sync(ctx.clone()));
         tasks.spawn(crate::queue::drift_scheduler(ctx.clone()));
+        tasks.spawn(crate::outbox::sender(ctx.clone()));
         if self.watch_config {
             let watcher = crate::config::reload::watch(ctx.clone())?;
             tasks.spawn(async move {

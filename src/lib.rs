@@ -18,6 +18,7 @@
 //! | [`runs`] | run state machine, dispatch and execution |
 //! | [`runner`] | `Runner`; terraform as a local subprocess |
 //! | [`report`] | status texts, the PR comment and its size limit |
+//! | [`outbox`] | reports as rows: delivered in order, by any replica, with backoff |
 //! | [`redact`] | keeping secrets out of logs and comments |
 //! | [`store`] | SQLite/PostgreSQL: migrations and queries |
 //! | [`api`] | REST API, health |
@@ -29,6 +30,7 @@ pub mod commands;
 pub mod config;
 pub mod cost;
 pub mod drift;
+pub mod outbox;
 pub mod git;
 pub mod ingest;
 pub mod planner;

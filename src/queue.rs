@@ -113,6 +113,8 @@ pub async fn reaper(ctx: Arc<Ctx>) {
             Ok(runs) if !runs.is_empty() => {
                 for r in &runs {
                     tracing::warn!(run.id = r.id, workspace.name = %r.workspace, "run {} lost its worker; marked interrupted", r.id);
+                    // Its final status and comment, so no check is left pending.
+                    crate::outbox::report_run(&ctx, r).await;
                 }
                 ctx.runs_queued.notify_one();
             }
@@ -121,6 +123,9 @@ pub async fn reaper(ctx: Arc<Ctx>) {
         }
         if let Err(e) = ctx.store.reap_events(None).await {
             tracing::error!(error = %e, "reaping events failed");
+        }
+        if let Err(e) = ctx.store.reap_reports(None).await {
+            tracing::error!(error = %e, "reaping reports failed");
         }
     }
 }

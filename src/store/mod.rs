@@ -9,6 +9,7 @@
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
 mod events;
+mod outbox;
 mod runs;
 mod workspaces;
 
@@ -21,6 +22,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
+pub use outbox::{NewReport, ReportRow};
 pub use runs::{NewRun, TickOutcome};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 
