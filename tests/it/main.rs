@@ -9,6 +9,7 @@ mod commands;
 mod drift;
 mod github_app;
 mod ingest;
+mod outbox;
 mod policy;
 mod pr_checks;
 mod providers;
