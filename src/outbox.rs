@@ -316,16 +316,22 @@ pub async fn sender(ctx: Arc<Ctx>) {
 /// Delivers one claimed row and records how it went.
 async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str) {
     let result = match serde_json::from_str::<Report>(&row.payload) {
-        Ok(report) => match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(ctx, &row, &report)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(DeliveryError::TimedOut),
-        },
+        Ok(report) => {
+            match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(ctx, &row, &report)).await {
+                Ok(r) => r,
+                Err(_) => Err(DeliveryError::TimedOut),
+            }
+        }
         Err(e) => Err(DeliveryError::Gone(format!("unreadable report: {e}"))),
     };
     let recorded = match &result {
         Ok(()) => {
-            tracing::debug!(report.id = row.id, "{} report {} delivered", row.kind, row.id);
+            tracing::debug!(
+                report.id = row.id,
+                "{} report {} delivered",
+                row.kind,
+                row.id
+            );
             if row.attempts > 1 {
                 // The API answers again: what waited out a backoff goes now.
                 if let Err(e) = ctx.store.reports_due_now(&row.provider_id).await {
@@ -360,14 +366,18 @@ async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str) {
             "report {} was taken back from this sender before it finished",
             row.id
         ),
-        Err(e) => tracing::error!(report.id = row.id, error = %e, "recording report {} failed", row.id),
+        Err(e) => {
+            tracing::error!(report.id = row.id, error = %e, "recording report {} failed", row.id)
+        }
     }
 }
 
 /// Exponential from [`FIRST_BACKOFF`], capped at [`MAX_BACKOFF`].
 fn backoff(attempts: i64) -> Duration {
     let exp = attempts.saturating_sub(1).clamp(0, 16) as u32;
-    FIRST_BACKOFF.saturating_mul(2u32.saturating_pow(exp)).min(MAX_BACKOFF)
+    FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(MAX_BACKOFF)
 }
 
 /// Why a delivery failed.
@@ -494,7 +504,10 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
         }
         Report::DriftWebhook { workspace, body } => {
             let config = ctx.config();
-            let url = match config.workspace(workspace).and_then(|w| w.drift_notify.as_ref()) {
+            let url = match config
+                .workspace(workspace)
+                .and_then(|w| w.drift_notify.as_ref())
+            {
                 Some(crate::drift::DriftNotify::Webhook(url)) => url.clone(),
                 _ => {
                     return Err(DeliveryError::Gone(format!(

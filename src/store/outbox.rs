@@ -123,7 +123,11 @@ impl Store {
 
     /// Claims the oldest due report whose order key has no report being sent
     /// and no older pending one.
-    pub async fn claim_report(&self, node: &str, lease: Duration) -> StoreResult<Option<ReportRow>> {
+    pub async fn claim_report(
+        &self,
+        node: &str,
+        lease: Duration,
+    ) -> StoreResult<Option<ReportRow>> {
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -241,10 +245,10 @@ impl Store {
 
     /// Reports not delivered yet (pending or being sent).
     pub async fn undelivered_reports(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sending')",
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE state IN ('pending', 'sending')")
+                .fetch_one(&self.pool)
+                .await?,
         )
-        .fetch_one(&self.pool)
-        .await?)
     }
 }

@@ -141,6 +141,13 @@ async fn killed_mid_queue_then_restarted_completes_every_run() {
             .collect();
         planned.sort();
         assert_eq!(planned, ["app", "dns", "network"]);
+        // No status left pending: each workspace's last status is its plan's.
+        for ws in ["app", "dns", "network"] {
+            let last = env
+                .wait_for_final_status(&head.to_string(), &format!("gantry/{ws}"))
+                .await;
+            assert_eq!(last["state"], "success", "{db:?} {ws}: {last}");
+        }
     }
 }
 
@@ -212,6 +219,15 @@ async fn an_apply_killed_midway_locks_the_workspace_and_is_not_retried() {
         })
         .await;
         assert_eq!(run["state_reason"], "interrupted during apply", "{db:?}");
+        // Its "Applying…" status is not left pending.
+        let last = env
+            .wait_for_final_status(&merged.to_string(), "gantry/dns")
+            .await;
+        assert_eq!(last["state"], "error", "{db:?}: {last}");
+        assert_eq!(
+            last["description"],
+            "gantry error: interrupted during apply: workspace locked"
+        );
         let ws: Value = client
             .get(format!("{base_url}/api/workspaces"))
             .bearer_auth(API_TOKEN)
