@@ -164,3 +164,106 @@ async fn a_reaped_run_reports_its_end_and_reports_survive_a_restart() {
         app.stop().await;
     }
 }
+
+fn status_row(key: &str, payload: &str) -> gantry::store::NewReport {
+    gantry::store::NewReport {
+        kind: "status",
+        order_key: key.into(),
+        coalesce_key: Some(key.into()),
+        provider_id: "github".into(),
+        repo: "acme/infra".into(),
+        payload: payload.into(),
+        skip_if_sent: true,
+    }
+}
+
+#[tokio::test]
+async fn the_store_delivers_one_report_per_key_at_a_time_and_never_an_older_status_after_a_newer() {
+    for db in databases() {
+        let env = TestEnv::new(&db).await;
+        let config = env.load_config(&env.default_yaml());
+        let store = Store::connect(&config.database_url).await.unwrap();
+        store.migrate().await.unwrap();
+        let lease = Duration::from_secs(60);
+
+        // Two statuses before any delivery: only the newer one is ever sent.
+        let old = store
+            .enqueue_report(&status_row("a", "planning"))
+            .await
+            .unwrap();
+        let new = store
+            .enqueue_report(&status_row("a", "planned"))
+            .await
+            .unwrap();
+        assert!(old.is_some() && new.is_some());
+        let other = store
+            .enqueue_report(&status_row("b", "queued"))
+            .await
+            .unwrap();
+        let first = store.claim_report("n1", lease).await.unwrap().unwrap();
+        assert_eq!(
+            (first.id, first.payload.as_str()),
+            (new.unwrap(), "planned"),
+            "{db:?}"
+        );
+        // Key `a` is being sent: another replica gets key `b`, then nothing.
+        let second = store.claim_report("n2", lease).await.unwrap().unwrap();
+        assert_eq!(Some(second.id), other, "{db:?}");
+        assert!(store.claim_report("n2", lease).await.unwrap().is_none());
+        // A newer status waits for the one in flight, then goes.
+        let newest = store
+            .enqueue_report(&status_row("a", "applied"))
+            .await
+            .unwrap();
+        assert!(store.claim_report("n2", lease).await.unwrap().is_none());
+        // Only the holder finishes a report.
+        assert!(!store
+            .finish_report(first.id, "n2", true, None)
+            .await
+            .unwrap());
+        assert!(store
+            .finish_report(first.id, "n1", true, None)
+            .await
+            .unwrap());
+        let third = store.claim_report("n2", lease).await.unwrap().unwrap();
+        assert_eq!(Some(third.id), newest, "{db:?}");
+        // A failure backs off: not due again at once.
+        assert!(store
+            .retry_report(third.id, "n2", "HTTP 503", Duration::from_secs(60))
+            .await
+            .unwrap());
+        assert!(store.claim_report("n1", lease).await.unwrap().is_none());
+        // The API answers again: due now, sent, and the same status is not queued twice.
+        store.reports_due_now("github").await.unwrap();
+        let again = store.claim_report("n1", lease).await.unwrap().unwrap();
+        assert_eq!((again.id, again.attempts), (third.id, 2));
+        assert!(store
+            .finish_report(again.id, "n1", true, None)
+            .await
+            .unwrap());
+        assert!(store
+            .enqueue_report(&status_row("a", "applied"))
+            .await
+            .unwrap()
+            .is_none());
+        // A sender that died: its report goes back to pending for anyone.
+        assert!(store
+            .finish_report(second.id, "n2", true, None)
+            .await
+            .unwrap());
+        store
+            .enqueue_report(&status_row("b", "planned"))
+            .await
+            .unwrap();
+        let held = store
+            .claim_report("dead", Duration::ZERO)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(store.reap_reports(None).await.unwrap(), 1);
+        let taken = store.claim_report("n1", lease).await.unwrap().unwrap();
+        assert_eq!(taken.id, held.id);
+        store.close().await;
+    }
+}

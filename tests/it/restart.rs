@@ -122,6 +122,14 @@ async fn killed_mid_queue_then_restarted_completes_every_run() {
             (runs.len() == 4 && finished).then_some(runs)
         })
         .await;
+        // No status left pending: each workspace's last status is its plan's
+        // (delivered by this process, so before it is killed).
+        for ws in ["app", "dns", "network"] {
+            let last = env
+                .wait_for_final_status(&head.to_string(), &format!("gantry/{ws}"))
+                .await;
+            assert_eq!(last["state"], "success", "{db:?} {ws}: {last}");
+        }
         child.kill().unwrap();
         child.wait().unwrap();
 
@@ -141,13 +149,6 @@ async fn killed_mid_queue_then_restarted_completes_every_run() {
             .collect();
         planned.sort();
         assert_eq!(planned, ["app", "dns", "network"]);
-        // No status left pending: each workspace's last status is its plan's.
-        for ws in ["app", "dns", "network"] {
-            let last = env
-                .wait_for_final_status(&head.to_string(), &format!("gantry/{ws}"))
-                .await;
-            assert_eq!(last["state"], "success", "{db:?} {ws}: {last}");
-        }
     }
 }
 
