@@ -46,9 +46,11 @@ const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Report {
-    /// A commit status, exactly as the run's state was when it was enqueued.
+    /// A commit status, exactly as it was when it was enqueued (for a run:
+    /// its state then).
     Status {
-        run_id: i64,
+        #[serde(default)]
+        run_id: Option<i64>,
         sha: String,
         context: String,
         state: StatusState,
@@ -64,6 +66,14 @@ enum Report {
     },
     /// The merged PR's comment on the applies of merge commit `sha`.
     ApplyComment { sha: String },
+    /// A comment rendered when it was enqueued (policy impact): gantry's one
+    /// comment of `kind` on the PR, found by `marker`.
+    Comment {
+        pr: i64,
+        comment_kind: String,
+        marker: String,
+        body: String,
+    },
     /// Open, update or close the workspace's drift issue.
     DriftIssue {
         workspace: String,
@@ -82,6 +92,7 @@ impl Report {
             Report::Status { .. } => "status",
             Report::PrComment { .. } => "pr_comment",
             Report::ApplyComment { .. } => "apply_comment",
+            Report::Comment { .. } => "comment",
             Report::DriftIssue { .. } => "drift_issue",
             Report::DriftWebhook { .. } => "drift_webhook",
         }
@@ -103,6 +114,12 @@ async fn enqueue(ctx: &Ctx, provider_id: &str, repo: &str, report: Report) {
         Report::ApplyComment { sha } => {
             let k = format!("apply|{provider_id}|{repo}|{sha}");
             (k.clone(), Some(k))
+        }
+        Report::Comment {
+            pr, comment_kind, ..
+        } => {
+            let k = format!("pr|{provider_id}|{repo}|{pr}");
+            (k.clone(), Some(format!("{k}|{comment_kind}")))
         }
         Report::DriftIssue { workspace, .. } => {
             let k = format!("drift_issue|{workspace}");
@@ -154,7 +171,7 @@ pub async fn report_run(ctx: &Ctx, run: &Run) {
     if run.kind != RunKind::Drift {
         let status = report::status_for(run, ctx.run_url(run.id));
         let report = Report::Status {
-            run_id: run.id,
+            run_id: Some(run.id),
             sha: run.head_sha.clone(),
             context: status.context,
             state: status.state,
@@ -172,6 +189,46 @@ pub async fn report_run(ctx: &Ctx, run: &Run) {
         };
         enqueue(ctx, &run.provider_id, &run.repo, report).await;
     }
+}
+
+/// Queues a commit status no run owns (e.g. policy impact).
+pub async fn post_status(
+    ctx: &Ctx,
+    provider_id: &str,
+    repo: &str,
+    sha: &str,
+    status: CommitStatus,
+) {
+    let report = Report::Status {
+        run_id: None,
+        sha: sha.to_string(),
+        context: status.context,
+        state: status.state,
+        description: status.description,
+        target_url: status.target_url,
+        pull_request: status.pull_request,
+    };
+    enqueue(ctx, provider_id, repo, report).await;
+}
+
+/// Queues `body` as gantry's one comment of `kind` on a pull request, found
+/// again by `marker` (which `body` carries).
+pub async fn put_comment(
+    ctx: &Ctx,
+    provider_id: &str,
+    repo: &str,
+    pr: i64,
+    kind: &str,
+    marker: &str,
+    body: String,
+) {
+    let report = Report::Comment {
+        pr,
+        comment_kind: kind.to_string(),
+        marker: marker.to_string(),
+        body,
+    };
+    enqueue(ctx, provider_id, repo, report).await;
 }
 
 /// Queues a refresh of the PR's one gantry comment. `nothing_affected_at` is
@@ -480,6 +537,28 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
             )
             .await?;
         }
+        Report::Comment {
+            pr,
+            comment_kind,
+            marker,
+            body,
+        } => {
+            let slot = ctx
+                .store
+                .lock_pr_comment(&row.provider_id, repo, *pr, comment_kind)
+                .await?;
+            let id = write_comment(
+                &*provider,
+                repo,
+                *pr,
+                slot.comment_id.clone(),
+                marker,
+                body,
+                false,
+            )
+            .await?;
+            slot.finish(id.as_deref()).await?;
+        }
         Report::DriftIssue {
             workspace,
             title,
@@ -596,22 +675,45 @@ where
     let footer = report::footer(ctx.sandbox.is_some());
     let limit = provider.comment_limit().saturating_sub(footer.len());
     let body = report::render_comment(&head, &sections, limit, &marker) + &footer;
-    let mut existing = slot.comment_id.clone();
-    if existing.is_none() {
-        existing = provider.find_comment(repo, pr, &marker).await?;
-    }
-    let id = match existing {
-        Some(id) => match provider.update_comment(repo, pr, &id, &body).await {
-            Ok(()) => Some(id),
-            // Someone deleted it: start a new one.
-            Err(VcsError::NotFound(_)) => Some(provider.create_comment(repo, pr, &body).await?),
-            Err(e) => return Err(e.into()),
-        },
-        None if only_if_exists => None,
-        None => Some(provider.create_comment(repo, pr, &body).await?),
-    };
+    let id = write_comment(
+        provider,
+        repo,
+        pr,
+        slot.comment_id.clone(),
+        &marker,
+        &body,
+        only_if_exists,
+    )
+    .await?;
     slot.finish(id.as_deref()).await?;
     Ok(())
+}
+
+/// Edits gantry's comment (`known`, or the one carrying `marker`) to `body`,
+/// or creates it; returns its id.
+async fn write_comment(
+    provider: &dyn crate::vcs::VcsProvider,
+    repo: &str,
+    pr: i64,
+    known: Option<String>,
+    marker: &str,
+    body: &str,
+    only_if_exists: bool,
+) -> Result<Option<String>, VcsError> {
+    let existing = match known {
+        Some(id) => Some(id),
+        None => provider.find_comment(repo, pr, marker).await?,
+    };
+    Ok(match existing {
+        Some(id) => match provider.update_comment(repo, pr, &id, body).await {
+            Ok(()) => Some(id),
+            // Someone deleted it: start a new one.
+            Err(VcsError::NotFound(_)) => Some(provider.create_comment(repo, pr, body).await?),
+            Err(e) => return Err(e),
+        },
+        None if only_if_exists => None,
+        None => Some(provider.create_comment(repo, pr, body).await?),
+    })
 }
 
 #[cfg(test)]
@@ -630,7 +732,7 @@ mod tests {
     #[test]
     fn reports_round_trip_as_json() {
         let r = Report::Status {
-            run_id: 3,
+            run_id: Some(3),
             sha: "abc".into(),
             context: "gantry/dns".into(),
             state: StatusState::Error,

@@ -522,7 +522,12 @@ async fn a_policy_pull_request_gets_an_impact_table_and_status() {
         comment.contains("2 workspaces evaluated against their latest plan; 1 change outcome."),
         "{comment}"
     );
-    let status = env.github.statuses(&head.to_string());
+    // Reports go out through the outbox: the status may land just after the comment.
+    let status = wait_until(Duration::from_secs(30), || async {
+        let st = env.github.statuses(&head.to_string());
+        (!st.is_empty()).then_some(st)
+    })
+    .await;
     assert_eq!(status[0]["context"], "gantry/policy-impact");
     assert_eq!(status[0]["state"], "failure");
     assert_eq!(
