@@ -231,7 +231,6 @@ impl App {
         let reaped = ctx.store.reap_runs(Some(&node)).await?;
         for run in &reaped {
             tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted by a restart", run.id);
-            crate::outbox::report_run(&ctx, run).await;
         }
         ctx.store.reap_events(Some(&node)).await?;
         ctx.store.reap_reports(Some(&node)).await?;

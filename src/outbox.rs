@@ -58,6 +58,10 @@ enum Report {
         target_url: Option<String>,
         pull_request: Option<i64>,
     },
+    /// The status of run `run_id` as it is at delivery, then its comment:
+    /// queued by the store in the transaction that ended the run (a reaped
+    /// run), so its end is reported whatever happens to the process after.
+    RunReport { run_id: i64 },
     /// The PR's gantry comment, rendered from the runs of its newest head.
     /// `nothing_affected_at`: a newest head that affects no workspace.
     PrComment {
@@ -90,6 +94,7 @@ impl Report {
     fn kind(&self) -> &'static str {
         match self {
             Report::Status { .. } => "status",
+            Report::RunReport { .. } => "run_report",
             Report::PrComment { .. } => "pr_comment",
             Report::ApplyComment { .. } => "apply_comment",
             Report::Comment { .. } => "comment",
@@ -104,8 +109,13 @@ impl Report {
 async fn enqueue(ctx: &Ctx, provider_id: &str, repo: &str, report: Report) {
     let (order_key, coalesce_key) = match &report {
         Report::Status { sha, context, .. } => {
+            // The store builds the same key for run reports (store::outbox::run_status_key).
             let k = format!("status|{provider_id}|{repo}|{sha}|{context}");
             (k.clone(), Some(k))
+        }
+        Report::RunReport { .. } => {
+            tracing::error!("run reports are queued by the store");
+            return;
         }
         Report::PrComment { pr, .. } => {
             let k = format!("pr|{provider_id}|{repo}|{pr}");
@@ -153,6 +163,11 @@ async fn enqueue(ctx: &Ctx, provider_id: &str, repo: &str, report: Report) {
     }
 }
 
+/// The store queued reports itself (reaped runs): wake the sender.
+pub fn reports_queued(ctx: &Ctx) {
+    ctx.outbox_queued.notify_one();
+}
+
 /// Run `run_id`'s state changed: queue its commit status and its comment.
 pub async fn run_changed(ctx: &Ctx, run_id: i64) {
     match ctx.store.run(run_id).await {
@@ -181,6 +196,12 @@ pub async fn report_run(ctx: &Ctx, run: &Run) {
         };
         enqueue(ctx, &run.provider_id, &run.repo, report).await;
     }
+    report_comments(ctx, run).await;
+}
+
+/// Queues a refresh of the comment that shows `run`: its pull request's, or
+/// for a finished merge apply the merged PR's.
+async fn report_comments(ctx: &Ctx, run: &Run) {
     if let Some(pr) = run.pr_number {
         refresh_pr_comment(ctx, &run.provider_id, &run.repo, pr, None).await;
     } else if run.kind == RunKind::Apply && run.state.is_terminal() {
@@ -491,6 +512,16 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
                 pull_request: *pull_request,
             };
             provider.set_status(repo, sha, &status).await?;
+        }
+        Report::RunReport { run_id } => {
+            let Some(run) = ctx.store.run(*run_id).await? else {
+                return Ok(());
+            };
+            if run.kind != RunKind::Drift {
+                let status = report::status_for(&run, ctx.run_url(run.id));
+                provider.set_status(repo, &run.head_sha, &status).await?;
+            }
+            report_comments(ctx, &run).await;
         }
         Report::PrComment {
             pr,

@@ -113,9 +113,9 @@ pub async fn reaper(ctx: Arc<Ctx>) {
             Ok(runs) if !runs.is_empty() => {
                 for r in &runs {
                     tracing::warn!(run.id = r.id, workspace.name = %r.workspace, "run {} lost its worker; marked interrupted", r.id);
-                    // Its final status and comment, so no check is left pending.
-                    crate::outbox::report_run(&ctx, r).await;
                 }
+                // Their final statuses and comments were queued with their end.
+                crate::outbox::reports_queued(&ctx);
                 ctx.runs_queued.notify_one();
             }
             Ok(_) => {}

@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::{events::is_unique_violation, now_ms, Backend, Store, StoreResult};
+use crate::runs::Run;
 
 /// A report to store; see [`Store::enqueue_report`].
 #[derive(Debug, Clone)]
@@ -54,6 +55,58 @@ fn report_from_row(row: &sqlx::any::AnyRow) -> StoreResult<ReportRow> {
         attempts: row.try_get("attempts")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// The order key of a run's commit status (`gantry/<workspace>` on its commit).
+/// The same string as the outbox module's, which builds it from
+/// `report::status_context` (the store imports no module above it).
+fn run_status_key(run: &Run) -> String {
+    format!(
+        "status|{}|{}|{}|gantry/{}",
+        run.provider_id, run.repo, run.head_sha, run.workspace
+    )
+}
+
+/// Queues, inside the transaction that ended `run` (e.g. reaping it after a
+/// crash), a report rendered from the run when it is delivered: its status
+/// and its comment. So the end of a run is reported even if this process dies
+/// right after the commit.
+pub(super) async fn enqueue_run_report(
+    tx: &mut Transaction<'_, Any>,
+    run: &Run,
+    now: i64,
+) -> StoreResult<()> {
+    let key = run_status_key(run);
+    let carried = sqlx::query(
+        "UPDATE outbox SET state = 'superseded', done_at = $2
+         WHERE coalesce_key = $1 AND state = 'pending'
+         RETURNING not_before, attempts",
+    )
+    .bind(&key)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut not_before = 0i64;
+    let mut attempts = 0i64;
+    for row in &carried {
+        not_before = not_before.max(row.try_get("not_before")?);
+        attempts = attempts.max(row.try_get("attempts")?);
+    }
+    sqlx::query(
+        "INSERT INTO outbox (kind, order_key, coalesce_key, provider_id, repo, payload, state,
+                             attempts, not_before, created_at)
+         VALUES ('run_report', $1, $1, $2, $3, $4, 'pending', $5, $6, $7)",
+    )
+    .bind(&key)
+    .bind(&run.provider_id)
+    .bind(&run.repo)
+    .bind(serde_json::json!({"kind": "run_report", "run_id": run.id}).to_string())
+    .bind(attempts)
+    .bind(not_before)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 impl Store {
