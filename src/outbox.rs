@@ -61,7 +61,8 @@ enum Report {
     /// The status of run `run_id` as it is at delivery, then its comment:
     /// queued by the store in the transaction that ended the run (a reaped
     /// run), so its end is reported whatever happens to the process after.
-    RunReport { run_id: i64 },
+    #[serde(rename = "run_report")]
+    RunEnd { run_id: i64 },
     /// The PR's gantry comment, rendered from the runs of its newest head.
     /// `nothing_affected_at`: a newest head that affects no workspace.
     PrComment {
@@ -94,7 +95,7 @@ impl Report {
     fn kind(&self) -> &'static str {
         match self {
             Report::Status { .. } => "status",
-            Report::RunReport { .. } => "run_report",
+            Report::RunEnd { .. } => "run_report",
             Report::PrComment { .. } => "pr_comment",
             Report::ApplyComment { .. } => "apply_comment",
             Report::Comment { .. } => "comment",
@@ -113,7 +114,7 @@ async fn enqueue(ctx: &Ctx, provider_id: &str, repo: &str, report: Report) {
             let k = format!("status|{provider_id}|{repo}|{sha}|{context}");
             (k.clone(), Some(k))
         }
-        Report::RunReport { .. } => {
+        Report::RunEnd { .. } => {
             tracing::error!("run reports are queued by the store");
             return;
         }
@@ -513,7 +514,7 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
             };
             provider.set_status(repo, sha, &status).await?;
         }
-        Report::RunReport { run_id } => {
+        Report::RunEnd { run_id } => {
             let Some(run) = ctx.store.run(*run_id).await? else {
                 return Ok(());
             };
@@ -774,5 +775,11 @@ mod tests {
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""kind":"status""#), "{text}");
         assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), r);
+        // As the store writes a reaped run's report.
+        let end = serde_json::json!({"kind": "run_report", "run_id": 9}).to_string();
+        assert_eq!(
+            serde_json::from_str::<Report>(&end).unwrap(),
+            Report::RunEnd { run_id: 9 }
+        );
     }
 }
