@@ -137,6 +137,10 @@ async fn redact_response(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) 
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
+    if ctx.shutdown.is_cancelled() {
+        // Out of the load balancer while the replica drains.
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
     match ctx.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {

@@ -22,6 +22,11 @@ use crate::vcs::Providers;
 /// How long a claim on a run or event lasts without a heartbeat.
 pub const LEASE: Duration = Duration::from_secs(60);
 
+/// How long a draining replica waits for the reports and dispatches it has in
+/// flight before abandoning them: a shutdown never waits on VCS retries (an
+/// abandoned dispatch is handed back and redone by another replica).
+pub const DRAIN_IN_FLIGHT: Duration = Duration::from_secs(10);
+
 pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// Shared by the HTTP handlers, the dispatcher and the workers.
@@ -47,7 +52,12 @@ pub struct Ctx {
     pub sandbox: Option<crate::runner::Sandbox>,
     /// Cancel tokens of the runs this process is executing.
     running: Mutex<HashMap<i64, CancellationToken>>,
+    /// Canceled when this replica starts draining (SIGTERM): the loops stop
+    /// taking work, running plans go back to the queue, `readyz` answers 503.
     pub shutdown: CancellationToken,
+    /// Canceled when `shutdown_grace` is over: applies still running are
+    /// interrupted (their terraform gets SIGINT, then SIGKILL).
+    pub stop_runs: CancellationToken,
 }
 
 impl Ctx {
@@ -72,6 +82,17 @@ impl Ctx {
             .lock()
             .expect("running map poisoned")
             .remove(&run_id);
+    }
+
+    /// The cancel token of a run this process is executing: a cancel
+    /// request, a lost lease or the end of the shutdown grace, but not the
+    /// start of a drain (which stops plans only).
+    pub fn run_token(&self, run_id: i64) -> Option<CancellationToken> {
+        self.running
+            .lock()
+            .expect("running map poisoned")
+            .get(&run_id)
+            .cloned()
     }
 
     /// Stops a run this process is executing (its terraform gets SIGINT, then
@@ -196,6 +217,7 @@ impl App {
             sandbox,
             policy_groups: Default::default(),
             shutdown: CancellationToken::new(),
+            stop_runs: CancellationToken::new(),
         });
         Ok(App {
             ctx,
@@ -218,9 +240,12 @@ impl App {
         self.ctx.clone()
     }
 
-    /// Serves until `shutdown` resolves, then stops taking work: the HTTP server
-    /// drains, workers stop claiming, running terraform is interrupted (its run
-    /// is picked up again as interrupted on the next start).
+    /// Serves until `shutdown` resolves, then drains and exits: the loops
+    /// stop taking work, `readyz` answers 503, running plans are stopped and
+    /// go back to the queue for another replica, running applies finish
+    /// within `shutdown_grace` (then they are interrupted), reports and
+    /// dispatches in flight get [`DRAIN_IN_FLIGHT`]. Last, what this process
+    /// still holds in the queue is handed back, and the HTTP server stops.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -249,24 +274,57 @@ impl App {
             });
         }
 
-        let stop = ctx.shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            stop.cancel();
-        });
+        let drain = {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                let grace = ctx.config().shutdown_grace;
+                tracing::info!(
+                    shutdown_grace_s = grace.as_secs(),
+                    "draining: plans go back to the queue, applies may finish within {}",
+                    humantime::format_duration(grace)
+                );
+                ctx.shutdown.cancel();
+                tokio::time::sleep(grace).await;
+                tracing::warn!("shutdown grace is over: interrupting running applies");
+                ctx.stop_runs.cancel();
+            })
+        };
         let router = crate::api::router(ctx.clone());
         tracing::info!(address = %self.listener.local_addr()?, "gantry listening on {}", self.listener.local_addr()?);
-        let stop = ctx.shutdown.clone();
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("HTTP server")?;
+        // The server keeps answering while the replica drains (readyz: 503).
+        let stop_serving = CancellationToken::new();
+        let server = {
+            let stop = stop_serving.clone();
+            let serve = axum::serve(self.listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await });
+            tokio::spawn(async move { serve.await })
+        };
         while let Some(r) = tasks.join_next().await {
             if let Err(e) = r {
                 tracing::error!(error = %e, "background task failed");
             }
         }
+        drain.abort();
+        // Nothing of this process runs any more: what it still holds (an
+        // apply interrupted at the end of the grace, an abandoned dispatch)
+        // is handed back now rather than when its lease runs out.
+        match ctx.store.reap_runs(Some(&node)).await {
+            Ok(runs) => {
+                for run in &runs {
+                    tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted by the shutdown", run.id);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "handing back this replica's runs failed"),
+        }
+        if let Err(e) = ctx.store.reap_events(Some(&node)).await {
+            tracing::error!(error = %e, "handing back this replica's events failed");
+        }
+        stop_serving.cancel();
+        server
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
         ctx.store.close().await;
         tracing::info!("stopped");
         Ok(())

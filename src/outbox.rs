@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::app::Ctx;
+use crate::app::{Ctx, DRAIN_IN_FLIGHT};
 use crate::config::Workspace;
 use crate::report::{self, Section, COMMENT_MARKER};
 use crate::runs::{Run, RunKind, RunState};
@@ -340,9 +340,10 @@ fn drift_text(ws: &Workspace, run: &Run, report: &crate::drift::DriftReport) -> 
     text
 }
 
-/// Delivers reports until shutdown, up to [`SENDERS`] order keys at once.
-/// At shutdown, deliveries in flight are dropped and their rows released for
-/// the next process or another replica: shutdown never waits on the VCS API.
+/// Delivers reports until the replica drains, up to [`SENDERS`] order keys
+/// at once. Then deliveries in flight get [`DRAIN_IN_FLIGHT`], and what is
+/// left is released for another replica or the next start: a shutdown never
+/// waits on VCS retries.
 pub async fn sender(ctx: Arc<Ctx>) {
     let node = ctx.config().node_id.clone();
     let slots = Arc::new(Semaphore::new(SENDERS));
@@ -383,8 +384,16 @@ pub async fn sender(ctx: Arc<Ctx>) {
             _ = ctx.shutdown.cancelled() => break,
         }
     }
-    running.abort_all();
-    while running.join_next().await.is_some() {}
+    // Draining: deliveries in flight get a moment, then are abandoned (their
+    // rows go back to pending for another replica or the next start).
+    let finish = async { while running.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_IN_FLIGHT, finish).await.is_err() {
+        tracing::warn!(
+            reports = running.len(),
+            "abandoning reports still in flight"
+        );
+        running.shutdown().await;
+    }
     match ctx.store.reap_reports(Some(&node)).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} reports in flight left for the next sender"),

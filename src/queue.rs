@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::app::{Ctx, LEASE};
+use crate::app::{Ctx, DRAIN_IN_FLIGHT, LEASE};
 
 const POLL: Duration = Duration::from_secs(1);
 const REAP_EVERY: Duration = Duration::from_secs(15);
@@ -63,7 +63,16 @@ pub async fn dispatcher(ctx: Arc<Ctx>) {
         }
         while running.try_join_next().is_some() {}
     }
-    while running.join_next().await.is_some() {}
+    // Draining: dispatches in flight get a moment, then are abandoned (their
+    // events are handed back at exit, for another replica).
+    let finish = async { while running.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_IN_FLIGHT, finish).await.is_err() {
+        tracing::warn!(
+            dispatches = running.len(),
+            "abandoning dispatches still in flight"
+        );
+        running.shutdown().await;
+    }
 }
 
 /// Runs up to `concurrency` runs at once (re-read from the config on every
@@ -72,6 +81,9 @@ pub async fn workers(ctx: Arc<Ctx>) {
     let mut running = JoinSet::new();
     loop {
         while running.try_join_next().is_some() {}
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
         let limit = ctx.config().concurrency;
         if running.len() >= limit {
             tokio::select! {
@@ -98,7 +110,8 @@ pub async fn workers(ctx: Arc<Ctx>) {
             }
         }
     }
-    // Runs in flight see the shutdown and stop their terraform; wait for them.
+    // Runs in flight see the drain: plans stop and go back to the queue,
+    // applies finish (or are interrupted when `shutdown_grace` is over).
     while running.join_next().await.is_some() {}
 }
 
@@ -133,19 +146,35 @@ pub async fn reaper(ctx: Arc<Ctx>) {
 /// How often policy groups are fetched even without a push webhook.
 const POLICY_SYNC_EVERY: Duration = Duration::from_secs(600);
 
-/// Loads every policy group at start, then keeps them fresh.
+/// Loads every policy group at start, then keeps them fresh: fetched every
+/// [`POLICY_SYNC_EVERY`] (a push webhook reloads at once), and the sets other
+/// replicas store are picked up within seconds (`groups::watch`).
 pub async fn policy_sync(ctx: Arc<Ctx>) {
+    // Listening before the first load, so no change after it is missed.
+    let (listening, ready) = tokio::sync::oneshot::channel();
+    let watcher = tokio::spawn(crate::policy::groups::watch(ctx.clone(), move || {
+        let _ = listening.send(());
+    }));
+    let _ = ready.await;
     loop {
-        for g in ctx.config().policy_groups.clone() {
-            if let Err(e) = crate::policy::groups::sync(&ctx, &g).await {
-                tracing::warn!(policy_group = %g.name, "policy group {} not synced: {e}", g.name);
+        let pass = async {
+            for g in ctx.config().policy_groups.clone() {
+                if let Err(e) = crate::policy::groups::sync(&ctx, &g).await {
+                    tracing::warn!(policy_group = %g.name, "policy group {} not synced: {e}", g.name);
+                }
             }
+        };
+        tokio::select! {
+            _ = pass => {}
+            // A sync may wait on the VCS API; a shutdown does not.
+            _ = ctx.shutdown.cancelled() => break,
         }
         tokio::select! {
             _ = tokio::time::sleep(POLICY_SYNC_EVERY) => {}
             _ = ctx.shutdown.cancelled() => break,
         }
     }
+    let _ = watcher.await;
 }
 
 /// How often the drift scheduler looks for due ticks.
@@ -235,7 +264,10 @@ pub async fn drift_pass(
 pub async fn drift_scheduler(ctx: Arc<Ctx>) {
     let since = chrono::Utc::now();
     loop {
-        drift_pass(&ctx, since, chrono::Utc::now()).await;
+        tokio::select! {
+            _ = drift_pass(&ctx, since, chrono::Utc::now()) => {}
+            _ = ctx.shutdown.cancelled() => break,
+        }
         tokio::select! {
             _ = tokio::time::sleep(DRIFT_EVERY) => {}
             _ = ctx.shutdown.cancelled() => break,

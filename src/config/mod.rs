@@ -362,6 +362,10 @@ pub struct Config {
     pub allow_fork_prs: bool,
     /// The most a scheduled drift check is spread after its tick.
     pub drift_jitter: Duration,
+    /// How long a stopping replica (SIGTERM) lets running applies finish
+    /// before it interrupts them; keep it below the orchestrator's own limit
+    /// (Kubernetes' `terminationGracePeriodSeconds`).
+    pub shutdown_grace: Duration,
     /// The pricing catalog: the shipped one, or the files in `pricing_dir`.
     pub pricing: Arc<crate::cost::Catalog>,
     pub providers: Vec<ProviderConfig>,
@@ -623,6 +627,10 @@ impl<'a> Validator<'a> {
             Some("0") | Some("0s") => Some(Duration::ZERO),
             Some(j) => self.duration("drift_jitter", j),
         };
+        let shutdown_grace = match raw.shutdown_grace.as_deref() {
+            None => Some(DEFAULT_SHUTDOWN_GRACE),
+            Some(g) => self.duration("shutdown_grace", g),
+        };
         let pricing = match &raw.pricing_dir {
             None => Some(shipped_catalog()),
             Some(dir) => match crate::cost::Catalog::load_dir(std::path::Path::new(dir)) {
@@ -660,6 +668,7 @@ impl<'a> Validator<'a> {
             pricing: pricing.expect("validated"),
             allow_fork_prs: raw.allow_fork_prs,
             drift_jitter: drift_jitter.unwrap_or(crate::drift::MAX_JITTER),
+            shutdown_grace: shutdown_grace.expect("validated"),
             providers,
             workspaces,
             policy_groups,
@@ -1144,6 +1153,9 @@ fn shipped_catalog() -> Arc<crate::cost::Catalog> {
         .get_or_init(|| Arc::new(crate::cost::Catalog::shipped()))
         .clone()
 }
+
+/// Long enough for most applies; Kubernetes must wait longer than this.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30 * 60);
 
 fn default_node_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -33,6 +33,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub drift_jitter: Option<String>,
     #[serde(default)]
+    pub shutdown_grace: Option<String>,
+    #[serde(default)]
     pub providers: Vec<RawProvider>,
     #[serde(default)]
     pub workspaces: Vec<RawWorkspace>,

@@ -810,3 +810,19 @@ fn a_misspelt_variable_key_is_an_unknown_key() {
         ["gantry.yaml: variables[0].phase: unknown key"]
     );
 }
+
+#[test]
+fn shutdown_grace_defaults_to_30_minutes_and_is_checked() {
+    let d = std::time::Duration::from_secs;
+    assert_eq!(load(GOOD).unwrap().shutdown_grace, d(30 * 60));
+    let text = format!("{GOOD}shutdown_grace: 90s\n");
+    assert_eq!(load(&text).unwrap().shutdown_grace, d(90));
+    let text = format!("{GOOD}shutdown_grace: soon\n");
+    let errors = messages(&text);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0]
+            .starts_with("gantry.yaml: shutdown_grace: `soon` is not a duration like 30m or 1h"),
+        "{errors:?}"
+    );
+}

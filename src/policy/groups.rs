@@ -1,26 +1,38 @@
 //! Policy groups: a repository folder of policies governing environments.
-//! Each group is fetched into the mirror cache, checked out at its branch head
-//! and compiled; a set that fails to load never replaces the last good one
-//! (the error is reported on the policy repository's commit status).
+//! A group's branch is fetched into the mirror cache, checked out at its head
+//! and compiled; a set that loads is stored in the database (commit, files,
+//! digest), and every replica compiles that stored set, so all of them
+//! evaluate the same policies within seconds of a change ([`watch`]). A set
+//! that fails to load never replaces the last good one (the error is reported
+//! on the policy repository's commit status).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{EnforcementLevel, PolicySet};
 use crate::app::Ctx;
 use crate::config::PolicyGroupConfig;
+use crate::store::{PolicySetWrite, StoredPolicySet};
 use crate::vcs::{CommitStatus, StatusState};
 
 /// A group's compiled policies at one commit.
 #[derive(Clone)]
 pub struct LoadedGroup {
     pub sha: String,
+    /// sha256 over the folder's files: equal digests are the same policies.
+    pub digest: String,
+    /// The stored version this set is (0: not stored).
+    pub version: i64,
     pub set: Arc<PolicySet>,
 }
 
-/// The groups this process has loaded, and the last load error of each.
+/// This process's compiled copies of the stored sets, and the last load
+/// error of each group.
 #[derive(Default)]
 pub struct PolicyGroups {
     loaded: Mutex<HashMap<String, LoadedGroup>>,
@@ -92,16 +104,46 @@ impl PolicyGroups {
             .get(name)
             .cloned()
     }
+
+    fn set_loaded(&self, name: &str, group: LoadedGroup) {
+        self.loaded
+            .lock()
+            .expect("policy groups poisoned")
+            .insert(name.to_string(), group);
+        self.errors
+            .lock()
+            .expect("policy groups poisoned")
+            .remove(name);
+    }
+
+    fn set_error(&self, name: &str, error: &str) {
+        self.errors
+            .lock()
+            .expect("policy groups poisoned")
+            .insert(name.to_string(), error.to_string());
+    }
+
+    fn version(&self, name: &str) -> Option<i64> {
+        self.get(name).map(|g| g.version)
+    }
 }
 
-/// Fetches a group's branch and loads its policies if the head moved.
-/// Returns the loaded sha; on a broken set the last good one stays.
+/// Fetches a group's branch and loads its policies if the head moved; a set
+/// that loads becomes the stored set every replica evaluates. Returns the sha
+/// of the active set; on a broken set the last good one stays.
 pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String> {
     let provider = ctx
         .providers
         .load()
         .get(&group.provider)
         .ok_or_else(|| format!("provider {} is not configured", group.provider))?;
+    // Read before fetching: a set stored after this read may be newer than
+    // what the fetch sees, and must not be overwritten (compare-and-swap).
+    let expected = ctx
+        .store
+        .policy_set_version(&group.name)
+        .await
+        .map_err(|e| e.to_string())?;
     let branch_ref = format!("refs/heads/{}", group.branch);
     let creds = provider
         .git_credentials(&group.repo)
@@ -122,42 +164,49 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
         .resolve(&branch_ref)
         .map_err(|e| e.to_string())?
         .to_string();
-    if ctx
-        .policy_groups
-        .get(&group.name)
-        .is_some_and(|g| g.sha == sha)
-    {
-        return Ok(sha);
+    if let Some(active) = refresh(ctx, &group.name).await? {
+        if active.sha == sha {
+            return Ok(sha);
+        }
     }
-    let loaded = load_at(ctx, group, &mirror, &sha).await;
-    match loaded {
-        Ok(set) => {
-            tracing::info!(policy_group = %group.name, sha = %sha, policies = set.policies.len(), "policy group {} loaded at {}", group.name, &sha[..8.min(sha.len())]);
-            ctx.policy_groups
-                .loaded
-                .lock()
-                .expect("policy groups poisoned")
-                .insert(
-                    group.name.clone(),
-                    LoadedGroup {
-                        sha: sha.clone(),
-                        set: Arc::new(set),
-                    },
-                );
-            ctx.policy_groups
-                .errors
-                .lock()
-                .expect("policy groups poisoned")
-                .remove(&group.name);
-            Ok(sha)
+    let short = &sha[..8.min(sha.len())];
+    match load_with_files(ctx, group, &mirror, &sha).await {
+        Ok((set, files)) => {
+            let digest = digest(&files);
+            let node = ctx.config().node_id.clone();
+            let write = ctx
+                .store
+                .put_policy_set(&group.name, expected, &sha, &digest, &files, &node)
+                .await
+                .map_err(|e| e.to_string())?;
+            match write {
+                PolicySetWrite::Stored(version) => {
+                    tracing::info!(policy_group = %group.name, sha = %sha, version, policies = set.policies.len(), "policy group {} loaded at {short}", group.name);
+                    ctx.policy_groups.set_loaded(
+                        &group.name,
+                        LoadedGroup {
+                            sha: sha.clone(),
+                            digest,
+                            version,
+                            set: Arc::new(set),
+                        },
+                    );
+                    Ok(sha)
+                }
+                PolicySetWrite::Conflict => {
+                    // Another replica stored a set after this one started
+                    // fetching: it is at least as new, so it wins.
+                    tracing::info!(policy_group = %group.name, "policy group {} was stored by another replica meanwhile; using that set", group.name);
+                    refresh(ctx, &group.name)
+                        .await?
+                        .map(|g| g.sha)
+                        .ok_or_else(|| "the stored policy set disappeared".to_string())
+                }
+            }
         }
         Err(error) => {
-            tracing::error!(policy_group = %group.name, sha = %sha, "policy group {} at {} is broken; keeping the last good set: {error}", group.name, &sha[..8.min(sha.len())]);
-            ctx.policy_groups
-                .errors
-                .lock()
-                .expect("policy groups poisoned")
-                .insert(group.name.clone(), error.clone());
+            tracing::error!(policy_group = %group.name, sha = %sha, "policy group {} at {short} is broken; keeping the last good set: {error}", group.name);
+            ctx.policy_groups.set_error(&group.name, &error);
             let status = CommitStatus {
                 state: StatusState::Error,
                 context: "gantry/policy-group".into(),
@@ -184,6 +233,18 @@ pub async fn load_at(
     mirror: &crate::git::Mirror,
     sha: &str,
 ) -> Result<PolicySet, String> {
+    load_with_files(ctx, group, mirror, sha)
+        .await
+        .map(|(set, _)| set)
+}
+
+/// [`load_at`], also returning the folder's files, to store.
+async fn load_with_files(
+    ctx: &Ctx,
+    group: &PolicyGroupConfig,
+    mirror: &crate::git::Mirror,
+    sha: &str,
+) -> Result<(PolicySet, BTreeMap<String, String>), String> {
     let dir = ctx
         .config()
         .data_dir
@@ -200,20 +261,248 @@ pub async fn load_at(
             .and_then(|tmp| std::fs::rename(&tmp, &dir).map_err(|e| e.to_string()))?;
     }
     let folder = dir.join(group.path.as_str());
-    tokio::task::spawn_blocking(move || PolicySet::load(&folder))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|errors| {
-            errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+    tokio::task::spawn_blocking(move || {
+        let set = compile(&folder)?;
+        let files = read_folder(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
+        Ok((set, files))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
-/// Evaluates every group governing `environment` (loading groups not loaded
-/// yet). A group that cannot be loaded at all fails the check.
+fn compile(folder: &Path) -> Result<PolicySet, String> {
+    PolicySet::load(folder).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+}
+
+/// The text files under `folder` (recursively; symbolic links and files that
+/// are not UTF-8 are left out: policies, their config and data are text).
+fn read_folder(folder: &Path) -> std::io::Result<BTreeMap<String, String>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![folder.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let Ok(text) = String::from_utf8(std::fs::read(&path)?) else {
+                    continue;
+                };
+                let rel = path.strip_prefix(folder).expect("under folder");
+                files.insert(rel.to_string_lossy().into_owned(), text);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// sha256 over the files' paths and contents.
+pub fn digest(files: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (path, text) in files {
+        h.update(path.as_bytes());
+        h.update([0]);
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Makes this process's copy of `group` the stored set, compiling it from the
+/// stored files when the stored version differs from the local one. Returns
+/// the active set (`None`: nothing stored yet and nothing loaded).
+pub async fn refresh(ctx: &Ctx, group: &str) -> Result<Option<LoadedGroup>, String> {
+    let stored_version = ctx
+        .store
+        .policy_set_version(group)
+        .await
+        .map_err(|e| e.to_string())?;
+    let local = ctx.policy_groups.get(group);
+    match (stored_version, &local) {
+        (None, _) => return Ok(local),
+        (Some(v), Some(l)) if l.version == v => return Ok(local),
+        _ => {}
+    }
+    let Some(stored) = ctx
+        .store
+        .policy_set(group)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(local);
+    };
+    if let Some(l) = local.as_ref().filter(|l| l.digest == stored.digest) {
+        // Same policies (another commit of the branch): nothing to compile.
+        let same = LoadedGroup {
+            sha: stored.sha,
+            version: stored.version,
+            ..l.clone()
+        };
+        ctx.policy_groups.set_loaded(group, same.clone());
+        return Ok(Some(same));
+    }
+    let dir = ctx
+        .config()
+        .data_dir
+        .join("policy-sets")
+        .join(group)
+        .join(&stored.digest);
+    let (sha, digest, version) = (stored.sha.clone(), stored.digest.clone(), stored.version);
+    let compiled = tokio::task::spawn_blocking(move || {
+        materialize(&stored, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        compile(&dir)
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    match compiled {
+        Ok(set) => {
+            tracing::info!(policy_group = %group, sha = %sha, version, "policy group {group} now at {} (stored set)", &sha[..8.min(sha.len())]);
+            let loaded = LoadedGroup {
+                sha,
+                digest,
+                version,
+                set: Arc::new(set),
+            };
+            ctx.policy_groups.set_loaded(group, loaded.clone());
+            Ok(Some(loaded))
+        }
+        Err(error) => {
+            // Another replica compiled it; this one cannot (a different
+            // engine during a rolling deploy?). Keep what this one has.
+            tracing::error!(policy_group = %group, sha = %sha, "the stored set of policy group {group} does not compile here: {error}");
+            ctx.policy_groups.set_error(group, &error);
+            Ok(local)
+        }
+    }
+}
+
+/// Writes a stored set's files into `dir` (once per digest).
+fn materialize(stored: &StoredPolicySet, dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    for (rel, text) in &stored.files {
+        let rel = Path::new(rel);
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(std::io::Error::other(format!(
+                "stored path {} leaves the folder",
+                rel.display()
+            )));
+        }
+        let path = tmp.join(rel);
+        std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+        std::fs::write(path, text)?;
+    }
+    std::fs::create_dir_all(&tmp)?;
+    std::fs::rename(&tmp, dir)
+}
+
+/// How often SQLite replicas compare the stored versions with theirs.
+const POLL_SQLITE: Duration = Duration::from_secs(2);
+/// PostgreSQL replicas are notified; they compare anyway this often, for
+/// notifications lost while their listening connection was away.
+const POLL_POSTGRES: Duration = Duration::from_secs(30);
+
+/// Keeps this process's sets equal to the stored ones until shutdown:
+/// notified on PostgreSQL (LISTEN/NOTIFY), polling on SQLite. `listening`
+/// is called once the listener (if any) is connected.
+pub async fn watch(ctx: Arc<Ctx>, listening: impl FnOnce()) {
+    let mut listener = None;
+    if ctx.store.backend() == crate::store::Backend::Postgres {
+        match crate::store::listen_policy_sets(&ctx.config().database_url).await {
+            Ok(l) => listener = Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for policy set changes failed; polling instead")
+            }
+        }
+    }
+    listening();
+    let every = if listener.is_some() {
+        POLL_POSTGRES
+    } else {
+        POLL_SQLITE
+    };
+    loop {
+        // `Some(group)`: that group changed; `None`: compare every version
+        // (the poll, or the listener reconnected and may have missed some).
+        let notified = async {
+            match listener.as_mut() {
+                Some(l) => l
+                    .try_recv()
+                    .await
+                    .map(|n| n.map(|n| n.payload().to_string())),
+                None => std::future::pending().await,
+            }
+        };
+        let which: Option<String> = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            n = notified => match n {
+                Ok(group) => group,
+                Err(e) => {
+                    tracing::warn!(error = %e, "policy set listener failed");
+                    tokio::time::sleep(POLL_SQLITE).await;
+                    None
+                }
+            },
+            _ = tokio::time::sleep(every) => None,
+        };
+        let changed: Vec<String> = match which {
+            Some(group) => vec![group],
+            None => match ctx.store.policy_set_versions().await {
+                Ok(versions) => versions
+                    .into_iter()
+                    .filter(|(g, v)| ctx.policy_groups.version(g) != Some(*v))
+                    .map(|(g, _)| g)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading policy set versions failed");
+                    continue;
+                }
+            },
+        };
+        let configured = ctx.config();
+        for group in changed
+            .iter()
+            .filter(|g| configured.policy_groups.iter().any(|c| &c.name == *g))
+        {
+            if let Err(e) = refresh(&ctx, group).await {
+                tracing::warn!(policy_group = %group, "refreshing policy group {group} failed: {e}");
+            }
+        }
+    }
+}
+
+/// The set to evaluate `group` with: the stored one (this process's copy is
+/// checked against the stored version first); a group never stored is
+/// loaded now. On a database error, this process's copy.
+pub async fn active(ctx: &Ctx, group: &PolicyGroupConfig) -> Option<LoadedGroup> {
+    let mut active = refresh(ctx, &group.name).await;
+    if matches!(active, Ok(None)) {
+        active = sync(ctx, group)
+            .await
+            .map(|_| ctx.policy_groups.get(&group.name));
+    }
+    match active {
+        Ok(active) => active,
+        Err(e) => {
+            tracing::warn!(policy_group = %group.name, "policy group {} not available: {e}", group.name);
+            ctx.policy_groups.get(&group.name)
+        }
+    }
+}
+
+/// Evaluates every group governing `environment` with its [`active`] set. A
+/// group that cannot be loaded at all fails the check.
 pub async fn evaluate(ctx: &Ctx, environment: &str, input: &regorus::Value) -> Vec<PolicyCheck> {
     let config = ctx.config();
     let mut checks = Vec::new();
@@ -222,10 +511,7 @@ pub async fn evaluate(ctx: &Ctx, environment: &str, input: &regorus::Value) -> V
         .iter()
         .filter(|g| g.environments.iter().any(|e| e == environment))
     {
-        if ctx.policy_groups.get(&group.name).is_none() {
-            let _ = sync(ctx, group).await;
-        }
-        match ctx.policy_groups.get(&group.name) {
+        match active(ctx, group).await {
             Some(loaded) => {
                 for r in loaded.set.evaluate(input) {
                     checks.push(PolicyCheck {

@@ -191,10 +191,7 @@ pub async fn analyze(
             return Ok(());
         }
     };
-    if ctx.policy_groups.get(&group.name).is_none() {
-        let _ = groups::sync(ctx, group).await;
-    }
-    let current = ctx.policy_groups.get(&group.name).map(|g| g.set);
+    let current = groups::active(ctx, group).await.map(|g| g.set);
     let config = ctx.config();
     let governed: Vec<&Workspace> = config
         .workspaces

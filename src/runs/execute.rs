@@ -73,27 +73,59 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
     let reporter = RunReporter { run_id: run.id };
     reporter.changed(ctx).await;
 
-    let cancel = ctx.shutdown.child_token();
+    let cancel = ctx.stop_runs.child_token();
     ctx.register_run(run.id, cancel.clone());
     let heartbeat = spawn_heartbeat(ctx, run.id, cancel.clone());
+    // The phases before an apply also stop when this replica starts draining
+    // (the run goes back to the queue); an apply itself uses `cancel`.
+    let before_apply = cancel.child_token();
+    let drain = {
+        let (draining, before_apply) = (ctx.shutdown.clone(), before_apply.clone());
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            before_apply.cancel();
+        })
+    };
 
     let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &cancel, &reporter).await
+        apply_confirmed(ctx, &run, &before_apply, &reporter).await
     } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &cancel, &reporter).await
+        drift_run(ctx, &run, &before_apply, &reporter).await
     } else {
-        plan_run(ctx, &run, &cancel, &reporter).await
+        plan_run(ctx, &run, &before_apply, &reporter).await
     };
+    drain.abort();
     heartbeat.abort();
     ctx.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
 
     if let Err(Failure(reason)) = result {
         if reason == CANCELED && ctx.shutdown.is_cancelled() {
-            // Left active: the next start (or another replica, once the lease
-            // runs out) marks it interrupted; a plan is queued again.
-            tracing::warn!("run {} interrupted by shutdown", run.id);
-            return;
+            let node = ctx.config().node_id.clone();
+            match ctx.store.requeue_run(run.id, &node).await {
+                Ok(true) => {
+                    // Another replica takes it at once.
+                    tracing::info!(
+                        "run {} handed back to the queue: this replica is shutting down",
+                        run.id
+                    );
+                    reporter.changed(ctx).await;
+                    return;
+                }
+                Ok(false) if cancel.is_cancelled() && !ctx.stop_runs.is_cancelled() => {
+                    // A cancel request (or a lost lease) during the drain:
+                    // recorded below like any other.
+                }
+                result => {
+                    if let Err(e) = result {
+                        tracing::error!(error = %e, "handing run {} back to the queue failed", run.id);
+                    }
+                    // Left active: handed back when this process exits
+                    // (an apply is marked interrupted and locks its workspace).
+                    tracing::warn!("run {} interrupted by shutdown", run.id);
+                    return;
+                }
+            }
         }
         let (to, reason) = if reason == CANCELED {
             (RunState::Canceled, "canceled on request".to_string())
@@ -642,6 +674,13 @@ async fn apply_phase(
         .await?
         .ok_or_else(|| Failure("the run disappeared".into()))?;
     check_applicable(ctx, &fresh).await?;
+    if cancel.is_cancelled() {
+        // Canceled, or this replica drains: no apply starts now.
+        return Err(Failure::canceled());
+    }
+    // Once applying, only a cancel request, a lost lease or the end of the
+    // shutdown grace stops the run, not the start of a drain.
+    let cancel = &ctx.run_token(run.id).unwrap_or_else(|| cancel.clone());
     if !ctx
         .store
         .transition(run.id, &[from], RunState::Applying, None)

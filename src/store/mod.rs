@@ -10,6 +10,7 @@
 
 mod events;
 mod outbox;
+mod policy_sets;
 mod runs;
 mod workspaces;
 
@@ -23,6 +24,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use outbox::{NewReport, ReportRow};
+pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLICY_SETS_CHANNEL};
 pub use runs::{NewRun, TickOutcome};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 

@@ -499,6 +499,34 @@ impl Store {
         Ok(out)
     }
 
+    /// Puts a run this node holds back to `queued` at once, keeping its
+    /// place, for any replica to claim (this replica is draining). Only a run
+    /// still fetching or planning, with no cancel requested; false otherwise
+    /// (an applying run is never handed over).
+    pub async fn requeue_run(&self, id: i64, node: &str) -> StoreResult<bool> {
+        let now = now_ms();
+        let reason = format!("handed back by {node}, which is shutting down");
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET state = 'queued', state_reason = $3, claimed_by = NULL, lease_until = NULL,
+                             updated_at = $4
+             WHERE id = $1 AND claimed_by = $2 AND state IN ('fetching', 'planning') AND cancel_requested = 0",
+        )
+        .bind(id)
+        .bind(node)
+        .bind(&reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_transition(&mut tx, id, "queued", Some(&reason), now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     pub async fn run(&self, id: i64) -> StoreResult<Option<Run>> {
         let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"))
             .bind(id)

@@ -307,3 +307,65 @@ async fn a_drift_tick_is_handled_once_and_skipped_when_the_workspace_is_busy() {
         assert_eq!(s.count_runs().await.unwrap(), 1);
     }
 }
+
+#[tokio::test]
+async fn a_policy_set_is_only_written_over_the_version_its_writer_read() {
+    for (s, _d) in stores().await {
+        let files = std::collections::BTreeMap::from([("a.rego".to_string(), "x".to_string())]);
+        assert_eq!(s.policy_set_version("g").await.unwrap(), None);
+        let put = |expected, sha: &'static str| {
+            let (s, files) = (s.clone(), files.clone());
+            async move {
+                s.put_policy_set("g", expected, sha, "d", &files, "node")
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(put(None, "s1").await, PolicySetWrite::Stored(1));
+        // Both read "nothing stored": the second writer loses.
+        assert_eq!(put(None, "s0").await, PolicySetWrite::Conflict);
+        assert_eq!(put(Some(1), "s2").await, PolicySetWrite::Stored(2));
+        // Its reader's version is gone: a set fetched before s2 never replaces it.
+        assert_eq!(put(Some(1), "s1").await, PolicySetWrite::Conflict);
+        let stored = s.policy_set("g").await.unwrap().unwrap();
+        assert_eq!((stored.sha.as_str(), stored.version), ("s2", 2));
+        assert_eq!(stored.files, files);
+        assert_eq!(
+            s.policy_set_versions().await.unwrap(),
+            [("g".to_string(), 2)]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_draining_node_hands_back_only_its_own_runs_before_they_apply() {
+    for (s, _d) in stores().await {
+        let run = &s
+            .insert_runs(&[new_run("dns", Some(7), "aaa", None)])
+            .await
+            .unwrap()[0];
+        let claimed = s.claim_run("a", LEASE).await.unwrap().unwrap();
+        assert_eq!(claimed.id, run.id);
+        assert!(!s.requeue_run(run.id, "b").await.unwrap(), "not b's");
+        assert!(s.requeue_run(run.id, "a").await.unwrap());
+        let back = s.run(run.id).await.unwrap().unwrap();
+        assert_eq!(back.state, RunState::Queued);
+        // Another node takes the very same run.
+        let again = s.claim_run("b", LEASE).await.unwrap().unwrap();
+        assert_eq!(again.id, run.id);
+        for (from, to) in [
+            (RunState::Fetching, RunState::Planning),
+            (RunState::Planning, RunState::Applying),
+        ] {
+            assert!(s.transition(run.id, &[from], to, None).await.unwrap());
+        }
+        assert!(
+            !s.requeue_run(run.id, "b").await.unwrap(),
+            "an apply is never handed over"
+        );
+        assert_eq!(
+            s.run(run.id).await.unwrap().unwrap().state,
+            RunState::Applying
+        );
+    }
+}

@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::support::origin::{null_config, write_script};
 use crate::support::*;
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -18,7 +18,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start(env: &TestEnv) -> Child {
+pub(crate) fn start(env: &TestEnv) -> Child {
     Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["serve", "--config"])
         .arg(env.config_path())
@@ -35,7 +35,7 @@ fn start(env: &TestEnv) -> Child {
         .unwrap()
 }
 
-async fn runs(client: &reqwest::Client, base: &str) -> Option<Vec<Value>> {
+pub(crate) async fn runs(client: &reqwest::Client, base: &str) -> Option<Vec<Value>> {
     let resp = client
         .get(format!("{base}/api/runs"))
         .bearer_auth(API_TOKEN)
