@@ -62,6 +62,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
     let api = Router::new()
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/log", get(run_log))
         .route("/runs/{id}/apply", post(confirm_apply))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/override", post(override_policy))
@@ -83,6 +84,13 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
                 .layer(DefaultBodyLimit::max(crate::ingest::MAX_BODY_BYTES)),
         )
         .nest("/api", api)
+        .nest_service(
+            crate::state::http::PATH,
+            crate::state::http::router(crate::state::http::Backend {
+                store: ctx.store.clone(),
+                config: ctx.config.clone(),
+            }),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -263,6 +271,14 @@ async fn get_run(
     let mut view = serde_json::to_value(RunView::from(&run)).map_err(anyhow::Error::from)?;
     view["transitions"] = serde_json::Value::Array(transitions);
     Ok(Json(view))
+}
+
+/// The run's log as text, redacted, from the store: whichever replica ran
+/// it, and as far as it got if it is still running or was killed.
+async fn run_log(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Result<String, ApiError> {
+    let id = run_id(&id)?;
+    find_run(&ctx, id).await?;
+    Ok(ctx.store.run_log(id).await?.unwrap_or_default())
 }
 
 async fn list_workspaces(State(ctx): State<Arc<Ctx>>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -484,7 +500,7 @@ async fn state_versions(
         .state_versions(&name)
         .await?
         .into_iter()
-        .map(|v| json!({"id": v.id, "serial": v.serial, "lineage": v.lineage, "run_id": v.run_id, "created_at": rfc3339(v.created_at)}))
+        .map(|v| json!({"id": v.id, "serial": v.serial, "lineage": v.lineage, "run_id": v.run_id, "written_by": v.written_by, "created_at": rfc3339(v.created_at)}))
         .collect();
     Ok(Json(json!({ "state_versions": versions })))
 }

@@ -19,8 +19,9 @@ use crate::redact::Redactor;
 use crate::store::Store;
 use crate::vcs::Providers;
 
-/// How long a claim on a run or event lasts without a heartbeat.
-pub const LEASE: Duration = Duration::from_secs(60);
+/// How long a claim on a run or event lasts without a heartbeat, unless
+/// `queue.lease` says otherwise (read `config().queue.lease`).
+pub const LEASE: Duration = crate::config::DEFAULT_LEASE;
 
 /// How long a draining replica waits for the reports and dispatches it has in
 /// flight before abandoning them: a shutdown never waits on VCS retries (an
@@ -58,6 +59,9 @@ pub struct Ctx {
     /// Canceled when `shutdown_grace` is over: applies still running are
     /// interrupted (their terraform gets SIGINT, then SIGKILL).
     pub stop_runs: CancellationToken,
+    /// The address the HTTP server is bound to (runs reach the state backend
+    /// there unless `state_backend_url` says otherwise).
+    pub local_addr: SocketAddr,
 }
 
 impl Ctx {
@@ -218,6 +222,7 @@ impl App {
             policy_groups: Default::default(),
             shutdown: CancellationToken::new(),
             stop_runs: CancellationToken::new(),
+            local_addr: listener.local_addr().context("listener address")?,
         });
         Ok(App {
             ctx,
@@ -251,14 +256,16 @@ impl App {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let ctx = self.ctx;
-        let node = ctx.config().node_id.clone();
-        // Work this node held when it last stopped is taken back at once.
-        let reaped = ctx.store.reap_runs(Some(&node)).await?;
+        // Claims whose lease ran out while no replica was up are taken back at
+        // once. Only expired ones: a live claim may belong to another process,
+        // even one configured with the same node_id. What this process held
+        // before a restart comes back once its lease expires.
+        let reaped = ctx.store.reap_runs().await?;
         for run in &reaped {
-            tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted by a restart", run.id);
+            tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted (its lease expired)", run.id);
         }
-        ctx.store.reap_events(Some(&node)).await?;
-        ctx.store.reap_reports(Some(&node)).await?;
+        ctx.store.reap_events().await?;
+        ctx.store.reap_reports().await?;
 
         let mut tasks = JoinSet::new();
         tasks.spawn(crate::queue::dispatcher(ctx.clone()));
@@ -266,6 +273,11 @@ impl App {
         tasks.spawn(crate::queue::reaper(ctx.clone()));
         tasks.spawn(crate::queue::policy_sync(ctx.clone()));
         tasks.spawn(crate::queue::drift_scheduler(ctx.clone()));
+        tasks.spawn(crate::retention::retention(
+            ctx.store.clone(),
+            ctx.config.clone(),
+            ctx.shutdown.clone(),
+        ));
         tasks.spawn(crate::outbox::sender(ctx.clone()));
         if self.watch_config {
             let watcher = crate::config::reload::watch(ctx.clone())?;
@@ -306,19 +318,17 @@ impl App {
             }
         }
         drain.abort();
-        // Nothing of this process runs any more: what it still holds (an
-        // apply interrupted at the end of the grace, an abandoned dispatch)
-        // is handed back now rather than when its lease runs out.
-        match ctx.store.reap_runs(Some(&node)).await {
+        // Nothing of this process runs any more: the runs it stopped (an
+        // apply interrupted at the end of the grace) ended their leases, and
+        // are marked interrupted now rather than by another replica later.
+        // An abandoned dispatch comes back when its lease runs out.
+        match ctx.store.reap_runs().await {
             Ok(runs) => {
                 for run in &runs {
                     tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted by the shutdown", run.id);
                 }
             }
             Err(e) => tracing::error!(error = %e, "handing back this replica's runs failed"),
-        }
-        if let Err(e) = ctx.store.reap_events(Some(&node)).await {
-            tracing::error!(error = %e, "handing back this replica's events failed");
         }
         stop_serving.cancel();
         server

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{process_env, Config};
 use crate::git::Mirrors;
-use crate::runner::{LocalRunner, RunDirs, Runner};
+use crate::runner::{JobPhase, LocalRunner, NoLog, RunDirs, Runner};
 use crate::store::Store;
 use crate::vcs::Providers;
 
@@ -444,28 +444,29 @@ async fn plan(config: Config, workspace: &str, git_ref: Option<&str>) -> anyhow:
         )
         .await?;
     let sha = mirror.resolve(&target)?.to_string();
-    let (scratch, dirs) = check_out(&config, &mirror, &sha).await?;
+    let (scratch, _) = check_out(&config, &mirror, &sha).await?;
     let sandbox = crate::app::sandbox_for_runs(&config, &process_env).await?;
     let redactor = Arc::new(crate::redact::Redactor::for_config(&config));
-    let runner = LocalRunner::new(&config, &process_env, sandbox, redactor)?;
-    let request = crate::runs::execute::job_request(
-        &config,
-        &ws,
-        dirs,
-        scratch.join("artifacts"),
-        crate::config::Phase::Plan,
-    );
+    let runner =
+        LocalRunner::new(&config, &process_env, sandbox, redactor)?.with_work_root(&scratch);
+    let job = crate::runs::execute::job_spec(&config, &ws, CLI_RUN, &sha, JobPhase::Plan);
     eprintln!("planning {} at {} ({})", ws.name, &sha[..12], target);
     let result = runner
-        .plan(&request, &tokio_util::sync::CancellationToken::new())
+        .run(&job, &NoLog, &tokio_util::sync::CancellationToken::new())
         .await;
     let _ = std::fs::remove_dir_all(&scratch);
-    match result {
-        Ok(out) => {
-            println!("{}", out.plan_text.trim_end());
+    match result.and_then(|out| {
+        let plan = out.plan.ok_or_else(|| crate::runner::RunnerError::Failed {
+            step: "plan",
+            message: "no plan was saved".into(),
+        })?;
+        Ok((out.text, plan))
+    }) {
+        Ok((text, plan)) => {
+            println!("{}", text.trim_end());
             println!();
-            println!("{}: {}", ws.name, out.summary);
-            let cost = crate::cost::estimate(&out.plan, &config.pricing);
+            println!("{}: {}", ws.name, plan.summary);
+            let cost = crate::cost::estimate(&plan.parsed, &config.pricing);
             println!();
             print!("{}", crate::cost::render_table(&cost));
             Ok(ExitCode::SUCCESS)
@@ -489,35 +490,33 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         .fetch_branch(&*provider, &ws.repo, &ws.branch)
         .await?;
     let (scratch, dirs) = check_out(&config, &mirror, &sha).await?;
-    let request = crate::runs::execute::job_request(
+    let refresh_only = ws.drift_mode == crate::drift::DriftMode::RefreshOnly;
+    let job = crate::runs::execute::job_spec(
         &config,
         &ws,
-        dirs,
-        scratch.join("artifacts"),
-        crate::config::Phase::Drift,
+        CLI_RUN,
+        &sha,
+        JobPhase::Drift { refresh_only },
     );
+    let workdir = dirs.checkout().join(&job.dir);
     // State kept by gantry comes from the database, as for the daemon's checks.
-    if !crate::state::has_own_backend(&request.workdir) {
+    if !crate::state::has_own_backend(&workdir) {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
-        crate::state::restore(&store, &ws.name, &request.workdir).await?;
+        crate::state::restore(&store, &ws.name, &workdir).await?;
     }
     let sandbox = crate::app::sandbox_for_runs(&config, &process_env).await?;
     let redactor = Arc::new(crate::redact::Redactor::for_config(&config));
-    let runner = LocalRunner::new(&config, &process_env, sandbox, redactor)?;
+    let runner =
+        LocalRunner::new(&config, &process_env, sandbox, redactor)?.with_work_root(&scratch);
     eprintln!(
         "checking {} for drift at {} ({:?} mode)",
         ws.name,
         &sha[..12],
         ws.drift_mode
     );
-    let refresh_only = ws.drift_mode == crate::drift::DriftMode::RefreshOnly;
     let result = runner
-        .drift(
-            &request,
-            refresh_only,
-            &tokio_util::sync::CancellationToken::new(),
-        )
+        .run(&job, &NoLog, &tokio_util::sync::CancellationToken::new())
         .await;
     let _ = std::fs::remove_dir_all(&scratch);
     let out = match result {
@@ -527,7 +526,12 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::FAILURE);
         }
     };
-    let report = crate::drift::report(&out.plan, ws.drift_mode, out.changes);
+    let plan = out.plan.as_ref().map(|p| &p.parsed);
+    let report = crate::drift::report(
+        plan.unwrap_or(&serde_json::Value::Null),
+        ws.drift_mode,
+        out.changes,
+    );
     if report.drifted {
         println!(
             "{}: drift found in {} resource(s)",
@@ -548,14 +552,18 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// A scratch run directory under `data_dir/work` with `sha` checked out in it.
+/// The run id of the CLI's one-off jobs, in a work root of their own.
+const CLI_RUN: i64 = 0;
+
+/// A scratch work root under `data_dir/work` with `sha` checked out for the
+/// runner's job [`CLI_RUN`] (use the runner `with_work_root` of it).
 async fn check_out(
     config: &Config,
     mirror: &crate::git::Mirror,
     sha: &str,
 ) -> anyhow::Result<(PathBuf, RunDirs)> {
     let scratch = tempfile_dir(&config.data_dir)?;
-    let dirs = RunDirs::new(&scratch);
+    let dirs = RunDirs::new(scratch.join(format!("run-{CLI_RUN}")));
     let (mirror, sha, checkout) = (mirror.clone(), sha.to_string(), dirs.checkout());
     tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout)).await??;
     Ok((scratch, dirs))

@@ -21,6 +21,7 @@
 //! | [`outbox`] | reports as rows: delivered in order, by any replica, with backoff |
 //! | [`redact`] | keeping secrets out of logs and comments |
 //! | [`store`] | SQLite/PostgreSQL: migrations and queries |
+//! | [`retention`] | deleting old plans, logs, state versions, deliveries |
 //! | [`api`] | REST API, health |
 
 pub mod api;
@@ -38,6 +39,7 @@ pub mod policy;
 pub mod queue;
 pub mod redact;
 pub mod report;
+pub mod retention;
 pub mod runner;
 pub mod runs;
 pub mod state;

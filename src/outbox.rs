@@ -394,7 +394,7 @@ pub async fn sender(ctx: Arc<Ctx>) {
         );
         running.shutdown().await;
     }
-    match ctx.store.reap_reports(Some(&node)).await {
+    match ctx.store.release_reports(&node).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} reports in flight left for the next sender"),
         Err(e) => tracing::warn!(error = %e, "releasing reports in flight failed"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::app::{Ctx, DRAIN_IN_FLIGHT, LEASE};
+use crate::app::{Ctx, DRAIN_IN_FLIGHT};
 
 const POLL: Duration = Duration::from_secs(1);
 const REAP_EVERY: Duration = Duration::from_secs(15);
@@ -39,11 +39,12 @@ pub async fn dispatcher(ctx: Arc<Ctx>) {
             _ = ctx.shutdown.cancelled() => break,
         };
         let node = ctx.config().node_id.clone();
-        match ctx.store.claim_event(&node, LEASE).await {
-            Ok(Some(event)) => {
+        let lease = ctx.config().queue.lease;
+        match ctx.store.claim_event(&node, lease).await {
+            Ok(Some((event, lease))) => {
                 let ctx = ctx.clone();
                 running.spawn(async move {
-                    crate::runs::dispatch::dispatch(&ctx, event).await;
+                    crate::runs::dispatch::dispatch(&ctx, event, lease).await;
                     drop(permit);
                 });
             }
@@ -92,10 +93,11 @@ pub async fn workers(ctx: Arc<Ctx>) {
             }
         }
         let node = ctx.config().node_id.clone();
-        match ctx.store.claim_run(&node, LEASE).await {
-            Ok(Some(run)) => {
+        let lease = ctx.config().queue.lease;
+        match ctx.store.claim_run(&node, lease).await {
+            Ok(Some((run, lease))) => {
                 let ctx = ctx.clone();
-                running.spawn(crate::runs::execute::execute(ctx, run));
+                running.spawn(crate::runs::execute::execute(ctx, run, lease));
             }
             Ok(None) => {
                 if !idle(&ctx, &ctx.runs_queued).await {
@@ -115,14 +117,16 @@ pub async fn workers(ctx: Arc<Ctx>) {
     while running.join_next().await.is_some() {}
 }
 
-/// Takes back runs and events whose holder stopped heartbeating.
+/// Takes back runs and events whose holder stopped heartbeating (their lease
+/// expired), checking every quarter lease (at most every 15 s).
 pub async fn reaper(ctx: Arc<Ctx>) {
     loop {
+        let every = (ctx.config().queue.lease / 4).min(REAP_EVERY);
         tokio::select! {
-            _ = tokio::time::sleep(REAP_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = ctx.shutdown.cancelled() => break,
         }
-        match ctx.store.reap_runs(None).await {
+        match ctx.store.reap_runs().await {
             Ok(runs) if !runs.is_empty() => {
                 for r in &runs {
                     tracing::warn!(run.id = r.id, workspace.name = %r.workspace, "run {} lost its worker; marked interrupted", r.id);
@@ -134,10 +138,10 @@ pub async fn reaper(ctx: Arc<Ctx>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "reaping runs failed"),
         }
-        if let Err(e) = ctx.store.reap_events(None).await {
+        if let Err(e) = ctx.store.reap_events().await {
             tracing::error!(error = %e, "reaping events failed");
         }
-        if let Err(e) = ctx.store.reap_reports(None).await {
+        if let Err(e) = ctx.store.reap_reports().await {
             tracing::error!(error = %e, "reaping reports failed");
         }
     }

@@ -333,6 +333,34 @@ pub enum SandboxMode {
     Off,
 }
 
+/// The durable queues (events to dispatch, runs to work).
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// How long a claim on an event or run lasts without a heartbeat.
+    /// Heartbeats renew it every quarter of it; a worker that could not renew
+    /// for three quarters of it stops its terraform, and once it has run out
+    /// another replica takes the work back.
+    pub lease: Duration,
+}
+
+/// The lease when `queue.lease` is not set.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// How long old data is kept (`retention:`). What retention never deletes
+/// (waiting runs, a pull request's newest runs, the current state) is in
+/// `store::retention`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Plan files and plan JSON (they hold secrets in the clear): 14 days.
+    pub plan_files: Duration,
+    /// Run logs: 90 days.
+    pub logs: Duration,
+    /// The newest state versions kept per workspace: 100.
+    pub state_versions: i64,
+    /// Webhook deliveries, once dispatched: 30 days.
+    pub events: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub sandbox: SandboxMode,
@@ -351,10 +379,18 @@ pub struct Config {
     pub api_token: SecretString,
     /// Base URL under which users reach this daemon, for links in statuses.
     pub public_url: Option<String>,
-    /// Identifies this process's claims in the run queue. Defaults to the host name.
+    /// Base URL at which runs' terraform reaches gantry's state backend;
+    /// `None`: this process's own listen address.
+    pub state_backend_url: Option<String>,
+    /// Names this process in the claims it holds (shown in logs and rows).
+    /// Defaults to the host name plus a random suffix, new for each process,
+    /// so two processes never share an id; claims themselves are told apart
+    /// by their lease token, whatever the id.
     pub node_id: String,
+    pub queue: QueueConfig,
     pub terraform: TerraformConfig,
     pub runner: RunnerConfig,
+    pub retention: RetentionConfig,
     /// Files gantry's configuration names that hold secrets (GitHub App keys),
     /// which a sandboxed run must never read.
     pub key_files: Vec<PathBuf>,
@@ -589,7 +625,27 @@ impl<'a> Validator<'a> {
                 self.err("public_url", "must start with http:// or https://");
             }
         }
+        let state_backend_url = raw
+            .state_backend_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_string());
+        if let Some(u) = &state_backend_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                self.err("state_backend_url", "must start with http:// or https://");
+            }
+        }
         let node_id = raw.node_id.clone().unwrap_or_else(default_node_id);
+        let lease = match raw.queue.lease.as_deref() {
+            None => Some(DEFAULT_LEASE),
+            Some(l) => self.duration("queue.lease", l).and_then(|d| {
+                if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+                    self.err("queue.lease", format!("`{l}` must be between 1s and 1h"));
+                    None
+                } else {
+                    Some(d)
+                }
+            }),
+        };
 
         let terraform = self.terraform(&raw);
         let sandbox = match raw.runner.sandbox.as_deref() {
@@ -646,6 +702,7 @@ impl<'a> Validator<'a> {
         let workspaces = self.workspaces(&raw);
         let policy_groups = self.policy_groups(&raw);
         let variables = self.variables(&raw);
+        let retention = self.retention(&raw.retention);
 
         if !self.errors.is_empty() {
             return Err(ConfigErrors(self.errors));
@@ -658,12 +715,17 @@ impl<'a> Validator<'a> {
             concurrency: raw.concurrency,
             api_token: api_token.expect("validated"),
             public_url,
+            state_backend_url,
             node_id,
+            queue: QueueConfig {
+                lease: lease.unwrap_or(DEFAULT_LEASE),
+            },
             terraform: terraform.expect("validated"),
             runner: RunnerConfig {
                 sandbox,
                 allow_read,
             },
+            retention,
             key_files,
             pricing: pricing.expect("validated"),
             allow_fork_prs: raw.allow_fork_prs,
@@ -674,6 +736,27 @@ impl<'a> Validator<'a> {
             policy_groups,
             variables,
         })
+    }
+
+    fn retention(&mut self, raw: &raw::RawRetention) -> RetentionConfig {
+        let mut count = |key: &str, value: Option<i64>, default: i64| match value {
+            None => default,
+            Some(n) if n >= 1 => n,
+            Some(n) => {
+                self.err(
+                    format!("retention.{key}"),
+                    format!("{n} must be at least 1"),
+                );
+                default
+            }
+        };
+        let day = |n: i64| Duration::from_secs(n as u64 * 86_400);
+        RetentionConfig {
+            plan_files: day(count("plan_files_days", raw.plan_files_days, 14)),
+            logs: day(count("logs_days", raw.logs_days, 90)),
+            state_versions: count("state_versions", raw.state_versions, 100),
+            events: day(count("events_days", raw.events_days, 30)),
+        }
     }
 
     fn terraform(&mut self, raw: &RawConfig) -> Option<TerraformConfig> {
@@ -1157,13 +1240,23 @@ fn shipped_catalog() -> Arc<crate::cost::Catalog> {
 /// Long enough for most applies; Kubernetes must wait longer than this.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30 * 60);
 
+/// The host name plus a random suffix chosen once per process: containers
+/// (or replicas sharing one config) often share a host name, and a process
+/// restarted on the same host is a new holder. Stable across config reloads.
 fn default_node_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "gantry".to_string())
+    static NODE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NODE_ID
+        .get_or_init(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "gantry".to_string());
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            format!("{host}-{}", &suffix[..8])
+        })
+        .clone()
 }
 
 #[cfg(test)]

@@ -21,11 +21,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub public_url: Option<String>,
     #[serde(default)]
+    pub state_backend_url: Option<String>,
+    #[serde(default)]
     pub node_id: Option<String>,
     #[serde(default)]
     pub terraform: RawTerraform,
     #[serde(default)]
     pub runner: RawRunner,
+    #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
+    pub retention: RawRetention,
     #[serde(default)]
     pub pricing_dir: Option<String>,
     #[serde(default)]
@@ -93,6 +99,27 @@ pub struct RawPolicyGroup {
     #[serde(default = "default_dir")]
     pub path: String,
     pub environments: Vec<String>,
+}
+
+/// The durable queues' claims.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawQueue {
+    /// How long a claim lasts without a heartbeat, e.g. `60s`.
+    #[serde(default)]
+    pub lease: Option<String>,
+}
+
+/// How long old data is kept: days, and state versions by count.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRetention {
+    #[serde(default)]
+    pub plan_files_days: Option<i64>,
+    #[serde(default)]
+    pub logs_days: Option<i64>,
+    #[serde(default)]
+    pub state_versions: Option<i64>,
+    #[serde(default)]
+    pub events_days: Option<i64>,
 }
 
 /// How terraform processes run.

@@ -826,3 +826,63 @@ fn shutdown_grace_defaults_to_30_minutes_and_is_checked() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn the_queue_lease_is_checked_and_the_default_node_id_is_unique_per_process() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.queue.lease, DEFAULT_LEASE);
+    // Host name plus a suffix, the same for every load in this process (reloads).
+    assert_eq!(c.node_id, load(GOOD).unwrap().node_id);
+    let (_, suffix) = c.node_id.rsplit_once('-').unwrap();
+    assert_eq!(suffix.len(), 8, "{}", c.node_id);
+    let with = |lease: &str| format!("{GOOD}queue:\n  lease: {lease}\n");
+    assert_eq!(
+        load(&with("5s")).unwrap().queue.lease,
+        std::time::Duration::from_secs(5)
+    );
+    assert_eq!(
+        messages(&with("soon")),
+        ["gantry.yaml: queue.lease: `soon` is not a duration like 30m or 1h: expected number at 0"]
+    );
+    assert_eq!(
+        messages(&with("500ms")),
+        ["gantry.yaml: queue.lease: `500ms` must be between 1s and 1h"]
+    );
+    let explicit = load(&format!("{GOOD}node_id: gantry-1\n")).unwrap();
+    assert_eq!(explicit.node_id, "gantry-1");
+}
+
+#[test]
+fn retention_has_defaults_and_refuses_zero() {
+    let c = load(GOOD).unwrap();
+    let day = Duration::from_secs(86_400);
+    assert_eq!(
+        c.retention,
+        RetentionConfig {
+            plan_files: 14 * day,
+            logs: 90 * day,
+            state_versions: 100,
+            events: 30 * day,
+        }
+    );
+    let c = load(&format!(
+        "{GOOD}retention:\n  plan_files_days: 3\n  state_versions: 5\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        (c.retention.plan_files, c.retention.state_versions),
+        (3 * day, 5)
+    );
+    let errors = messages(&format!("{GOOD}retention:\n  logs_days: 0\n"));
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("retention.logs_days") && e.contains("at least 1")),
+        "{errors:?}"
+    );
+    let errors = messages(&format!("{GOOD}retention:\n  keep: 1\n"));
+    assert!(
+        errors.iter().any(|e| e.contains("retention.keep")),
+        "{errors:?}"
+    );
+}

@@ -205,12 +205,11 @@ pub async fn analyze(
             without_plan.push(ws.name.clone());
             continue;
         };
-        let path = crate::runs::execute::artifacts_dir(ctx, run.id).join("plan.json");
-        let Ok(text) = tokio::fs::read_to_string(&path).await else {
+        // From the store: the replica that planned may be gone.
+        let Some(mut plan) = crate::runs::artifacts::plan_json(&ctx.store, run.id).await? else {
             without_plan.push(ws.name.clone());
             continue;
         };
-        let mut plan: serde_json::Value = serde_json::from_str(&text)?;
         // The proposed rego is untrusted: it never sees values terraform marks
         // sensitive, so no message can carry one into the comment.
         crate::redact::mask_sensitive_plan(&mut plan);

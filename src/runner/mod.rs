@@ -1,30 +1,37 @@
 //! Runners execute terraform (or tofu) for a run. [`Runner`] is the border a
-//! remote agent will implement; [`LocalRunner`] runs the CLI as a subprocess
-//! inside the [`sandbox`]: `init`, `plan -out`, `show -json`, in its own
-//! process group, with a clean environment (only the run's own variables for
-//! its phase), a timeout that kills the whole group, and output captured to the
-//! run's log.
+//! remote agent will implement: it takes a [`JobSpec`] (run, phase, commit,
+//! directory, the phase's variables, backend config, timeout), streams the
+//! redacted log through a [`LogSink`] as terraform prints it, and returns what
+//! the job made as values ([`JobOutput`]: plan file and its sha256, plan JSON,
+//! log). Nothing a runner makes stays with it: gantry keeps it in the store,
+//! so any replica can apply, show or analyse it.
 //!
-//! Each run has a directory of its own ([`RunDirs`]): the checkout, a fresh
-//! HOME and TMPDIR, the plan output, and a read-only copy of the plan an apply
-//! uses. Terraform may write only there and in its workspace's plugin cache;
-//! the plan file is copied out to the run's artifacts (with its sha256) by
-//! gantry, never written there by terraform.
+//! [`LocalRunner`] runs the CLI as a subprocess inside the [`sandbox`]:
+//! `init`, `plan -out`, `show -json`, in its own process group, with a clean
+//! environment (only the run's own variables for its phase), a timeout that
+//! kills the whole group.
+//!
+//! Its only files are a per-run scratch directory ([`RunDirs`], under
+//! `data_dir/work/run-<id>`): the checkout, a fresh HOME and TMPDIR, the plan
+//! output, and a read-only copy of the plan an apply uses. Terraform may write
+//! only there and in its workspace's plugin cache. The scratch is deleted when
+//! the run ends.
 
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Phase};
 use crate::redact::Redactor;
 use crate::runs::PlanSummary;
 pub use sandbox::{Layers, Sandbox, SandboxError};
@@ -101,92 +108,132 @@ impl RunDirs {
     }
 }
 
-/// One terraform job: a plan, a drift check or an apply.
+/// What a job does.
 #[derive(Debug, Clone)]
-pub struct PlanRequest {
-    /// Directory terraform runs in (the workspace `dir` inside the checkout).
-    pub workdir: PathBuf,
-    /// The run's own directories (the checkout is `dirs.checkout()`).
-    pub dirs: RunDirs,
-    /// Where gantry keeps the plan file, plan JSON and log.
-    pub artifacts: PathBuf,
-    /// The workspace's own provider plugin cache.
-    pub plugin_cache: PathBuf,
-    pub timeout: Duration,
-    /// The run's variables for this phase (and nothing else).
-    pub variables: Vec<EnvVar>,
-    /// For an apply: the sha256 the plan file had when it was made.
-    pub plan_sha256: Option<String>,
+pub enum JobPhase {
+    /// `init`, `plan -out`, `show -json`: a plan to review, and maybe apply.
+    Plan,
+    /// `init`, `plan [-refresh-only] -detailed-exitcode`, `show -json`.
+    /// Never applies.
+    Drift { refresh_only: bool },
+    /// Applies `plan` once its bytes hash to its `sha256` (running `init`
+    /// first when `init` is set: a fresh checkout).
+    Apply { plan: PlanFile, init: bool },
 }
 
-impl PlanRequest {
-    /// The only places terraform may write: its checkout, HOME, TMPDIR, plan
-    /// output and its workspace's plugin cache.
-    pub fn writable(&self) -> [PathBuf; 5] {
-        [
-            self.dirs.checkout(),
-            self.dirs.home(),
-            self.dirs.tmp(),
-            self.dirs.out(),
-            self.plugin_cache.clone(),
-        ]
+impl JobPhase {
+    /// The phase whose variables the job gets.
+    pub fn variables(&self) -> Phase {
+        match self {
+            JobPhase::Plan => Phase::Plan,
+            JobPhase::Drift { .. } => Phase::Drift,
+            JobPhase::Apply { .. } => Phase::Apply,
+        }
     }
 }
 
+/// A saved plan: its bytes and their sha256 (hex). For an apply, `sha256` is
+/// the one recorded when the plan was reviewed, and the runner refuses bytes
+/// that do not hash to it.
+#[derive(Clone)]
+pub struct PlanFile {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+impl std::fmt::Debug for PlanFile {
+    // A plan file holds secrets in the clear: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PlanFile({} bytes, sha256 {})",
+            self.bytes.len(),
+            self.sha256
+        )
+    }
+}
+
+/// How terraform reaches the state backend gantry serves: environment
+/// (`TF_HTTP_ADDRESS`, credentials…) added to every terraform command of the
+/// job, sensitive values masked in its log. Filled by the state backend;
+/// `None` leaves the checkout's own backend (or its local state) alone.
+#[derive(Debug, Clone, Default)]
+pub struct BackendConfig {
+    pub env: Vec<EnvVar>,
+}
+
+/// One terraform job: everything a runner, local or remote, is told.
 #[derive(Debug, Clone)]
-pub struct PlanOutput {
+pub struct JobSpec {
+    pub run_id: i64,
+    pub workspace: String,
+    pub phase: JobPhase,
+    /// The commit to run. A local runner finds it checked out in its scratch
+    /// (gantry places it there, with any state); a remote one fetches it.
+    pub commit: String,
+    /// The workspace's directory inside the repository.
+    pub dir: String,
+    /// The run's variables for this phase (and nothing else).
+    pub variables: Vec<EnvVar>,
+    pub backend: Option<BackendConfig>,
+    pub timeout: Duration,
+}
+
+/// What a job made, as values.
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    /// The main step's output, redacted: the plan text, or the apply's output.
+    pub text: String,
+    /// A drift check's `plan -detailed-exitcode` exited 2: there are differences.
+    pub changes: bool,
+    /// What a plan or drift check saved.
+    pub plan: Option<PlanArtifacts>,
+    /// The job's whole log, redacted (the same text the sink received).
+    pub log: String,
+}
+
+/// The saved plan of a plan or drift job.
+#[derive(Debug, Clone)]
+pub struct PlanArtifacts {
+    pub file: PlanFile,
+    /// `terraform show -json` of the plan, redacted.
+    pub json: Vec<u8>,
+    /// `json`, parsed.
+    pub parsed: serde_json::Value,
     pub summary: PlanSummary,
-    /// The human-readable plan (`terraform plan` output), redacted.
-    pub plan_text: String,
-    pub plan_file: PathBuf,
-    /// sha256 of the saved plan file, hex.
-    pub plan_sha256: String,
-    pub plan_json: PathBuf,
-    /// The plan JSON, parsed.
-    pub plan: serde_json::Value,
+}
+
+/// Where a runner streams a job's log while it goes: redacted text, in order.
+/// Appending never blocks terraform; the receiver decides how often it writes.
+pub trait LogSink: Send + Sync {
+    fn append(&self, text: &str);
+}
+
+impl LogSink for mpsc::UnboundedSender<String> {
+    fn append(&self, text: &str) {
+        // The receiver gone (the run's log writer stopped) loses only the
+        // streamed copy: the job's output still carries the whole log.
+        let _ = self.send(text.to_string());
+    }
+}
+
+/// A sink that keeps nothing (the CLI, tests): [`JobOutput::log`] still has it all.
+pub struct NoLog;
+
+impl LogSink for NoLog {
+    fn append(&self, _text: &str) {}
 }
 
 #[async_trait]
 pub trait Runner: Send + Sync {
-    /// `init`, `plan -out`, `show -json`.
-    async fn plan(
+    /// Runs one job. Its log goes to `log` as terraform prints it, so what a
+    /// failed, canceled or killed job printed is already out when it returns.
+    async fn run(
         &self,
-        req: &PlanRequest,
+        job: &JobSpec,
+        log: &dyn LogSink,
         cancel: &CancellationToken,
-    ) -> Result<PlanOutput, RunnerError>;
-
-    /// A drift check: `init`, `plan [-refresh-only] -detailed-exitcode`, `show -json`.
-    /// Never applies.
-    async fn drift(
-        &self,
-        req: &PlanRequest,
-        refresh_only: bool,
-        cancel: &CancellationToken,
-    ) -> Result<DriftOutput, RunnerError>;
-
-    /// Applies the saved plan file from `req.artifacts` once its sha256 matches
-    /// `req.plan_sha256` (running `init` first when `init` is set: a fresh
-    /// checkout). Returns the apply output.
-    async fn apply(
-        &self,
-        req: &PlanRequest,
-        init: bool,
-        cancel: &CancellationToken,
-    ) -> Result<String, RunnerError>;
-}
-
-/// What a drift check found.
-#[derive(Debug, Clone)]
-pub struct DriftOutput {
-    /// `plan -detailed-exitcode` exited 2: there are differences.
-    pub changes: bool,
-    pub plan_text: String,
-    pub plan: serde_json::Value,
-}
-
-/// The saved plan of a run, in its artifacts directory.
-pub fn plan_file(artifacts: &Path) -> PathBuf {
-    artifacts.join("plan.tfplan")
+    ) -> Result<JobOutput, RunnerError>;
 }
 
 /// The variables a run of `workspace` gets for `phase`: that workspace's
@@ -223,6 +270,56 @@ pub struct LocalRunner {
     cli_config_reads: Vec<PathBuf>,
     redactor: Arc<Redactor>,
     sandbox: Option<Sandbox>,
+    /// Each job's scratch is `<work_root>/run-<id>` (default `data_dir/work`).
+    work_root: PathBuf,
+    /// Each workspace's provider plugin cache is `<plugin_caches>/<workspace>`.
+    plugin_caches: PathBuf,
+}
+
+/// One job on this machine: its spec, scratch, redactor and log.
+struct LocalJob<'a> {
+    spec: &'a JobSpec,
+    dirs: RunDirs,
+    /// Where terraform runs: the workspace's `dir` in the checkout.
+    workdir: PathBuf,
+    plugin_cache: PathBuf,
+    /// gantry's secrets plus the job's sensitive variables.
+    redactor: Redactor,
+    log: JobLog<'a>,
+}
+
+impl LocalJob<'_> {
+    /// The only places terraform may write: its checkout, HOME, TMPDIR, plan
+    /// output and its workspace's plugin cache.
+    fn writable(&self) -> [PathBuf; 5] {
+        [
+            self.dirs.checkout(),
+            self.dirs.home(),
+            self.dirs.tmp(),
+            self.dirs.out(),
+            self.plugin_cache.clone(),
+        ]
+    }
+}
+
+/// A job's log: streamed to the sink, and kept for the job's output.
+struct JobLog<'a> {
+    sink: &'a dyn LogSink,
+    text: Mutex<String>,
+}
+
+impl JobLog<'_> {
+    fn write(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        self.sink.append(text);
+        self.text.lock().expect("log lock").push_str(text);
+    }
+
+    fn take(&self) -> String {
+        std::mem::take(&mut *self.text.lock().expect("log lock"))
+    }
 }
 
 /// What a configuration lets terraform read besides the system paths: the
@@ -301,6 +398,8 @@ impl LocalRunner {
             cli_config_reads: readable.paths,
             redactor,
             sandbox,
+            work_root: config.data_dir.join("work"),
+            plugin_caches: config.data_dir.join("plugin-cache"),
         })
     }
 
@@ -310,28 +409,60 @@ impl LocalRunner {
         self
     }
 
+    /// Puts each job's scratch under `root` instead of `data_dir/work` (the
+    /// CLI's one-off plans).
+    pub fn with_work_root(mut self, root: impl Into<PathBuf>) -> Self {
+        self.work_root = root.into();
+        self
+    }
+
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
     }
 
+    /// The scratch of run `run_id`: the commit is checked out in its
+    /// `checkout()` before a job of that run is given to this runner.
+    pub fn dirs(&self, run_id: i64) -> RunDirs {
+        RunDirs::new(self.work_root.join(format!("run-{run_id}")))
+    }
+
+    /// Where terraform runs for `job`: the workspace's directory in the checkout.
+    pub fn workdir(&self, job: &JobSpec) -> PathBuf {
+        self.dirs(job.run_id).checkout().join(&job.dir)
+    }
+
+    fn local<'a>(&self, spec: &'a JobSpec, sink: &'a dyn LogSink) -> LocalJob<'a> {
+        let dirs = self.dirs(spec.run_id);
+        LocalJob {
+            workdir: dirs.checkout().join(&spec.dir),
+            dirs,
+            plugin_cache: self.plugin_caches.join(&spec.workspace),
+            redactor: self.run_redactor(spec),
+            log: JobLog {
+                sink,
+                text: Mutex::new(String::new()),
+            },
+            spec,
+        }
+    }
+
     /// Creates the run's directories and hands the writable ones to the
     /// sandbox's uid.
-    async fn prepare_dirs(&self, req: &PlanRequest) -> Result<(), RunnerError> {
-        let d = &req.dirs;
+    async fn prepare_dirs(&self, job: &LocalJob<'_>) -> Result<(), RunnerError> {
+        let d = &job.dirs;
         for dir in [
             d.checkout(),
             d.home(),
             d.tmp(),
             d.out(),
             d.plan(),
-            req.plugin_cache.clone(),
-            req.artifacts.clone(),
+            job.plugin_cache.clone(),
         ] {
             tokio::fs::create_dir_all(&dir).await?;
         }
         if let Some(sandbox) = &self.sandbox {
             let sandbox = sandbox.clone();
-            let writable = req.writable();
+            let writable = job.writable();
             tokio::task::spawn_blocking(move || {
                 let refs: Vec<&Path> = writable.iter().map(|p| p.as_path()).collect();
                 sandbox.hand_over(&refs)
@@ -342,89 +473,82 @@ impl LocalRunner {
         Ok(())
     }
 
-    /// The redactor for one run: gantry's secrets plus the run's sensitive
-    /// variables (already known ones change nothing and rebuild nothing).
-    fn run_redactor(&self, req: &PlanRequest) -> Redactor {
+    /// The redactor for one job: gantry's secrets plus the job's sensitive
+    /// variables and backend credentials (already known ones change nothing
+    /// and rebuild nothing). The log is redacted line by line as it streams,
+    /// so each line of a multi-line secret is a secret too.
+    fn run_redactor(&self, spec: &JobSpec) -> Redactor {
         let mut r = Redactor::clone(&self.redactor);
-        r.extend(
-            req.variables
-                .iter()
-                .filter(|v| v.sensitive)
-                .map(|v| v.value.as_str()),
-        );
+        let backend = spec.backend.iter().flat_map(|b| b.env.iter());
+        let secrets: Vec<&str> = spec
+            .variables
+            .iter()
+            .chain(backend)
+            .filter(|v| v.sensitive)
+            .flat_map(|v| std::iter::once(v.value.as_str()).chain(v.value.lines()))
+            .collect();
+        r.extend(secrets);
         r
     }
 
     async fn init(
         &self,
-        req: &PlanRequest,
-        log: &mut tokio::fs::File,
+        job: &LocalJob<'_>,
         cancel: &CancellationToken,
     ) -> Result<String, RunnerError> {
-        self.step(
-            "init",
-            &["init", "-input=false", "-no-color"],
-            req,
-            log,
-            None,
-            cancel,
-        )
-        .await
+        self.step("init", &["init", "-input=false", "-no-color"], job, cancel)
+            .await
     }
 
-    /// `show -json` of a saved plan into `plan_json`, parsed.
+    /// `show -json` of a saved plan: the JSON (redacted, kept out of the log)
+    /// and its parse.
     async fn show_json(
         &self,
-        req: &PlanRequest,
-        log: &mut tokio::fs::File,
+        job: &LocalJob<'_>,
         plan_file: &Path,
-        plan_json: &Path,
         cancel: &CancellationToken,
-    ) -> Result<serde_json::Value, RunnerError> {
+    ) -> Result<(Vec<u8>, serde_json::Value), RunnerError> {
         let plan_path = plan_file.display().to_string();
-        self.step(
-            "show",
-            &["show", "-json", &plan_path],
-            req,
-            log,
-            Some(plan_json),
-            cancel,
-        )
-        .await?;
-        log.flush().await?;
-        serde_json::from_slice(&tokio::fs::read(plan_json).await?).map_err(|e| {
-            RunnerError::Failed {
-                step: "show",
-                message: format!("unreadable plan JSON: {e}"),
-            }
-        })
+        let (json, _) = self
+            .step_with_codes(
+                "show",
+                &["show", "-json", &plan_path],
+                job,
+                true,
+                cancel,
+                &[0],
+            )
+            .await?;
+        let parsed = serde_json::from_str(&json).map_err(|e| RunnerError::Failed {
+            step: "show",
+            message: format!("unreadable plan JSON: {e}"),
+        })?;
+        Ok((json.into_bytes(), parsed))
     }
 
     /// Runs one terraform command; stdout and stderr go to the log (redacted),
-    /// stdout is also returned, or written to `stdout_to` instead of the log.
+    /// stdout is also returned.
     async fn step(
         &self,
         step: &'static str,
         args: &[&str],
-        req: &PlanRequest,
-        log: &mut tokio::fs::File,
-        stdout_to: Option<&Path>,
+        job: &LocalJob<'_>,
         cancel: &CancellationToken,
     ) -> Result<String, RunnerError> {
-        self.step_with_codes(step, args, req, log, stdout_to, cancel, &[0])
+        self.step_with_codes(step, args, job, false, cancel, &[0])
             .await
             .map(|(text, _)| text)
     }
 
     /// The command for one terraform step: sandboxed, with a clean environment.
-    fn command(&self, args: &[&str], req: &PlanRequest) -> Command {
+    fn command(&self, args: &[&str], job: &LocalJob<'_>) -> Command {
         let mut cmd = match &self.sandbox {
             Some(sandbox) => {
                 let mut read = self.cli_config_reads.clone();
-                read.push(req.dirs.plan());
+                read.push(job.dirs.plan());
                 let confinement = sandbox::Confinement {
                     read,
-                    write: req.writable().to_vec(),
+                    write: job.writable().to_vec(),
                 };
                 sandbox.command(&self.bin, args, &confinement)
             }
@@ -434,32 +558,39 @@ impl LocalRunner {
                 cmd
             }
         };
-        cmd.current_dir(&req.workdir)
+        let backend = job.spec.backend.iter().flat_map(|b| b.env.iter());
+        cmd.current_dir(&job.workdir)
             .env_clear()
             .envs(self.base_env.iter().map(|(k, v)| (k, v)))
-            .envs(req.variables.iter().map(|v| (&v.name, &v.value)))
-            .env("HOME", req.dirs.home())
-            .env("TMPDIR", req.dirs.tmp())
-            .env("TF_PLUGIN_CACHE_DIR", &req.plugin_cache);
+            .envs(
+                job.spec
+                    .variables
+                    .iter()
+                    .chain(backend)
+                    .map(|v| (&v.name, &v.value)),
+            )
+            .env("HOME", job.dirs.home())
+            .env("TMPDIR", job.dirs.tmp())
+            .env("TF_PLUGIN_CACHE_DIR", &job.plugin_cache);
         cmd
     }
 
     /// Like `step`, with the exit codes that mean success (`plan
-    /// -detailed-exitcode` exits 2 when there are changes); returns the code too.
-    #[allow(clippy::too_many_arguments)]
+    /// -detailed-exitcode` exits 2 when there are changes); returns the code
+    /// too. Output streams to the log line by line as terraform prints it;
+    /// `capture_stdout` keeps stdout out of the log (`show -json`).
     async fn step_with_codes(
         &self,
         step: &'static str,
         args: &[&str],
-        req: &PlanRequest,
-        log: &mut tokio::fs::File,
-        stdout_to: Option<&Path>,
+        job: &LocalJob<'_>,
+        capture_stdout: bool,
         cancel: &CancellationToken,
         ok_codes: &[i32],
     ) -> Result<(String, i32), RunnerError> {
-        log.write_all(format!("$ {} {}\n", self.bin.display(), args.join(" ")).as_bytes())
-            .await?;
-        let mut cmd = self.command(args, req);
+        job.log
+            .write(&format!("$ {} {}\n", self.bin.display(), args.join(" ")));
+        let mut cmd = self.command(args, job);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -469,17 +600,34 @@ impl LocalRunner {
             .spawn()
             .map_err(|e| RunnerError::Spawn(format!("{}: {e}", self.bin.display())))?;
         let pgid = child.id().map(|id| id as i32);
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
+        let (tx, mut lines) = mpsc::unbounded_channel::<(bool, Vec<u8>)>();
+        tokio::spawn(read_lines(
+            child.stdout.take().expect("piped"),
+            true,
+            tx.clone(),
+        ));
+        tokio::spawn(read_lines(child.stderr.take().expect("piped"), false, tx));
         let read_all = async {
-            let (out, err) = tokio::join!(read_to_vec(stdout), read_to_vec(stderr));
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            while let Some((is_stdout, line)) = lines.recv().await {
+                if is_stdout {
+                    out.extend_from_slice(&line);
+                    if capture_stdout {
+                        continue;
+                    }
+                } else {
+                    err.extend_from_slice(&line);
+                }
+                job.log
+                    .write(&job.redactor.redact(&String::from_utf8_lossy(&line)));
+            }
             let status = child.wait().await;
             (out, err, status)
         };
         tokio::pin!(read_all);
         let outcome = tokio::select! {
             r = &mut read_all => Ok(r),
-            _ = tokio::time::sleep(req.timeout) => Err(RunnerError::TimedOut { step, after: req.timeout }),
+            _ = tokio::time::sleep(job.spec.timeout) => Err(RunnerError::TimedOut { step, after: job.spec.timeout }),
             _ = cancel.cancelled() => Err(RunnerError::Canceled),
         };
         let (out, err, status) = match outcome {
@@ -488,22 +636,16 @@ impl LocalRunner {
                 if let Some(pgid) = pgid {
                     stop_group(pgid, self.interrupt_grace, &mut read_all).await;
                 }
-                log.write_all(format!("gantry: {e}\n").as_bytes()).await?;
+                job.log.write(&format!("gantry: {e}\n"));
                 return Err(e);
             }
         };
-        let redactor = self.run_redactor(req);
-        let stdout_text = redactor.redact(&String::from_utf8_lossy(&out?));
-        let stderr_text = redactor.redact(&String::from_utf8_lossy(&err?));
-        match stdout_to {
-            Some(path) => tokio::fs::write(path, &stdout_text).await?,
-            None => log.write_all(stdout_text.as_bytes()).await?,
-        }
-        log.write_all(stderr_text.as_bytes()).await?;
+        let stdout_text = job.redactor.redact(&String::from_utf8_lossy(&out));
+        let stderr_text = job.redactor.redact(&String::from_utf8_lossy(&err));
         let status = status?;
         let code = status.code().unwrap_or(-1);
         if !ok_codes.contains(&code) {
-            let combined = if stdout_to.is_some() {
+            let combined = if capture_stdout {
                 stderr_text
             } else {
                 format!("{stdout_text}{stderr_text}")
@@ -516,46 +658,85 @@ impl LocalRunner {
         Ok((stdout_text, code))
     }
 
-    /// `init`, `plan [extra] -out`, `show -json` into the artifacts: the steps
-    /// a plan and a drift check share. Returns the plan text, plan's exit
-    /// code and the parsed plan JSON.
+    /// `init`, `plan [extra] -out`, `show -json`: the steps a plan and a
+    /// drift check share. Returns the plan text, plan's exit code and the
+    /// saved plan.
     async fn plan_steps(
         &self,
-        req: &PlanRequest,
+        job: &LocalJob<'_>,
         extra: &[&str],
         ok_codes: &[i32],
         cancel: &CancellationToken,
-    ) -> Result<(String, i32, serde_json::Value), RunnerError> {
-        self.prepare_dirs(req).await?;
-        let mut log = tokio::fs::File::create(req.artifacts.join("log.txt")).await?;
-        let out_file = std::path::absolute(req.dirs.out().join("plan.tfplan"))?;
+    ) -> Result<(String, i32, PlanArtifacts), RunnerError> {
+        self.prepare_dirs(job).await?;
+        let out_file = std::path::absolute(job.dirs.out().join("plan.tfplan"))?;
         let out_arg = format!("-out={}", out_file.display());
-        self.init(req, &mut log, cancel).await?;
+        self.init(job, cancel).await?;
         let mut args = vec!["plan", "-input=false", "-no-color", "-lock-timeout=60s"];
         args.extend_from_slice(extra);
         args.push(&out_arg);
         let (plan_text, code) = self
-            .step_with_codes("plan", &args, req, &mut log, None, cancel, ok_codes)
+            .step_with_codes("plan", &args, job, false, cancel, ok_codes)
             .await?;
-        let json = self
-            .show_json(
-                req,
-                &mut log,
-                &out_file,
-                &req.artifacts.join("plan.json"),
-                cancel,
-            )
-            .await?;
-        Ok((plan_text, code, json))
+        let (json, parsed) = self.show_json(job, &out_file, cancel).await?;
+        // The plan leaves the scratch as a value; no copy of it stays behind.
+        let bytes = tokio::fs::read(&out_file).await?;
+        let _ = tokio::fs::remove_file(&out_file).await;
+        let artifacts = PlanArtifacts {
+            file: PlanFile {
+                sha256: plan_sha256(&bytes),
+                bytes,
+            },
+            json,
+            summary: PlanSummary::from_plan_json(&parsed),
+            parsed,
+        };
+        Ok((plan_text, code, artifacts))
     }
 
-    /// Keeps the plan terraform wrote: copies it from the run's output
-    /// directory to the artifacts and returns its sha256.
-    async fn keep_plan(&self, req: &PlanRequest) -> Result<(PathBuf, String), RunnerError> {
-        let kept = std::path::absolute(plan_file(&req.artifacts))?;
-        let bytes = tokio::fs::read(req.dirs.out().join("plan.tfplan")).await?;
-        tokio::fs::write(&kept, &bytes).await?;
-        Ok((kept, plan_sha256(&bytes)))
+    /// Applies `plan` once its bytes hash to the sha256 that was reviewed.
+    async fn apply(
+        &self,
+        job: &LocalJob<'_>,
+        plan: &PlanFile,
+        init: bool,
+        cancel: &CancellationToken,
+    ) -> Result<String, RunnerError> {
+        self.prepare_dirs(job).await?;
+        // The bytes checked are the bytes applied: terraform reads a copy in a
+        // directory it may not write to.
+        let actual = plan_sha256(&plan.bytes);
+        if actual != plan.sha256 {
+            job.log.write(
+                "gantry: the saved plan file does not match the reviewed plan; not applying\n",
+            );
+            return Err(RunnerError::PlanTampered {
+                expected: plan.sha256.clone(),
+                actual,
+            });
+        }
+        let copy = std::path::absolute(job.dirs.plan().join("plan.tfplan"))?;
+        tokio::fs::write(&copy, &plan.bytes).await?;
+        if init {
+            self.init(job, cancel).await?;
+        }
+        let plan_path = copy.display().to_string();
+        let result = self
+            .step(
+                "apply",
+                &[
+                    "apply",
+                    "-input=false",
+                    "-no-color",
+                    "-lock-timeout=60s",
+                    &plan_path,
+                ],
+                job,
+                cancel,
+            )
+            .await;
+        let _ = tokio::fs::remove_file(&copy).await;
+        result
     }
 }
 
@@ -611,12 +792,6 @@ fn resolve_bin(bin: &str, path: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(bin))
 }
 
-async fn read_to_vec(mut r: impl AsyncRead + Unpin) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    r.read_to_end(&mut buf).await?;
-    Ok(buf)
-}
-
 /// SIGINT to the process group (terraform releases its locks), then, after the
 /// grace period or once the output closes, SIGKILL to whatever is left of it.
 async fn stop_group<F: std::future::Future + Unpin>(pgid: i32, grace: Duration, running: &mut F) {
@@ -654,102 +829,57 @@ pub fn error_excerpt(output: &str) -> String {
 
 #[async_trait]
 impl Runner for LocalRunner {
-    async fn plan(
+    async fn run(
         &self,
-        req: &PlanRequest,
+        spec: &JobSpec,
+        sink: &dyn LogSink,
         cancel: &CancellationToken,
-    ) -> Result<PlanOutput, RunnerError> {
-        let (plan_text, _, json) = self.plan_steps(req, &[], &[0], cancel).await?;
-        let (plan_file, plan_sha256) = self.keep_plan(req).await?;
-        Ok(PlanOutput {
-            summary: PlanSummary::from_plan_json(&json),
-            plan: json,
-            plan_text,
-            plan_file,
-            plan_sha256,
-            plan_json: req.artifacts.join("plan.json"),
-        })
-    }
-
-    async fn drift(
-        &self,
-        req: &PlanRequest,
-        refresh_only: bool,
-        cancel: &CancellationToken,
-    ) -> Result<DriftOutput, RunnerError> {
-        let mut args = vec!["-detailed-exitcode"];
-        if refresh_only {
-            args.push("-refresh-only");
-        }
-        let (plan_text, code, plan) = self.plan_steps(req, &args, &[0, 2], cancel).await?;
-        Ok(DriftOutput {
-            changes: code == 2,
-            plan_text,
-            plan,
-        })
-    }
-
-    async fn apply(
-        &self,
-        req: &PlanRequest,
-        init: bool,
-        cancel: &CancellationToken,
-    ) -> Result<String, RunnerError> {
-        self.prepare_dirs(req).await?;
-        let mut log = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(req.artifacts.join("log.txt"))
-            .await?;
-        let kept = plan_file(&req.artifacts);
-        let bytes = match tokio::fs::read(&kept).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RunnerError::Failed {
-                    step: "apply",
-                    message: "the saved plan file is missing".into(),
-                })
+    ) -> Result<JobOutput, RunnerError> {
+        let job = self.local(spec, sink);
+        let (text, changes, plan) = match &spec.phase {
+            JobPhase::Plan => {
+                let (text, _, plan) = self.plan_steps(&job, &[], &[0], cancel).await?;
+                (text, false, Some(plan))
             }
-            Err(e) => return Err(e.into()),
+            JobPhase::Drift { refresh_only } => {
+                let mut args = vec!["-detailed-exitcode"];
+                if *refresh_only {
+                    args.push("-refresh-only");
+                }
+                let (text, code, plan) = self.plan_steps(&job, &args, &[0, 2], cancel).await?;
+                (text, code == 2, Some(plan))
+            }
+            JobPhase::Apply { plan, init } => {
+                (self.apply(&job, plan, *init, cancel).await?, false, None)
+            }
         };
-        // The bytes checked are the bytes applied: terraform reads a copy in a
-        // directory it may not write to.
-        let actual = plan_sha256(&bytes);
-        let expected = req.plan_sha256.clone().ok_or_else(|| RunnerError::Failed {
-            step: "apply",
-            message: "no checksum was recorded for the plan; re-plan".into(),
-        })?;
-        if actual != expected {
-            log.write_all(
-                b"gantry: the saved plan file does not match the reviewed plan; not applying\n",
-            )
-            .await?;
-            return Err(RunnerError::PlanTampered { expected, actual });
+        Ok(JobOutput {
+            text,
+            changes,
+            plan,
+            log: job.log.take(),
+        })
+    }
+}
+
+/// Sends `r`'s lines (the last one maybe without its newline) to `tx`, tagged
+/// with which stream they came from, until the stream ends.
+async fn read_lines(
+    r: impl AsyncRead + Unpin,
+    is_stdout: bool,
+    tx: mpsc::UnboundedSender<(bool, Vec<u8>)>,
+) {
+    let mut r = BufReader::new(r);
+    loop {
+        let mut line = Vec::new();
+        match r.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if tx.send((is_stdout, line)).is_err() {
+                    return;
+                }
+            }
         }
-        let plan = std::path::absolute(req.dirs.plan().join("plan.tfplan"))?;
-        tokio::fs::write(&plan, &bytes).await?;
-        if init {
-            self.init(req, &mut log, cancel).await?;
-        }
-        let plan_path = plan.display().to_string();
-        let text = self
-            .step(
-                "apply",
-                &[
-                    "apply",
-                    "-input=false",
-                    "-no-color",
-                    "-lock-timeout=60s",
-                    &plan_path,
-                ],
-                req,
-                &mut log,
-                None,
-                cancel,
-            )
-            .await?;
-        log.flush().await?;
-        Ok(text)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::config::{Workflow, Workspace};
 use crate::git::GitError;
 use crate::planner;
 use crate::runs::{RunKind, RunSource};
-use crate::store::{short_sha, EventRow, NewRun, Supersede};
+use crate::store::{short_sha, EventRow, Lease, NewRun, StoreError, Supersede};
 use crate::vcs::{PrAction, PullRequestEvent, PushEvent, VcsEvent};
 
 /// Attempts before a failing event is given up (it stays stored as `failed`).
@@ -35,16 +35,76 @@ impl Outcome {
     }
 }
 
+/// Dispatches a claimed event, renewing its lease meanwhile: a dispatch may
+/// outlast the lease (the first clone of a big repository, VCS retries), and
+/// an event whose lease ran out would be dispatched again by another replica.
 #[tracing::instrument(skip_all, fields(event.id = event.id, delivery.id = %event.delivery_id))]
-pub async fn dispatch(ctx: &Ctx, event: EventRow) {
+pub async fn dispatch(ctx: &Ctx, event: EventRow, lease: Lease) {
+    let _renewal = renew_while_dispatching(ctx, &lease);
+    dispatch_claimed(ctx, event, &lease).await;
+}
+
+/// Renews the event's lease every quarter lease until dropped.
+fn renew_while_dispatching(ctx: &Ctx, lease: &Lease) -> AbortOnDrop {
+    let store = ctx.store.clone();
+    let duration = ctx.config().queue.lease;
+    let lease = lease.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(duration / 4).await;
+            match store.renew_event(&lease, duration).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        event.id = lease.id,
+                        "event {} lost its lease; this dispatch's result will be ignored",
+                        lease.id
+                    );
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(event.id = lease.id, error = %e, "renewing the lease of event {} failed", lease.id)
+                }
+            }
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Logs a holder's write that failed; a lost lease is not an error of this
+/// replica, only a late write that the store ignored.
+fn log_write(result: Result<(), StoreError>, what: &str, event_id: i64) {
+    match result {
+        Ok(()) => {}
+        Err(e @ StoreError::LeaseLost { .. }) => {
+            tracing::warn!(
+                event.id = event_id,
+                "{what} of event {event_id} ignored: {e}"
+            )
+        }
+        Err(e) => {
+            tracing::error!(event.id = event_id, error = %e, "{what} of event {event_id} failed")
+        }
+    }
+}
+
+async fn dispatch_claimed(ctx: &Ctx, event: EventRow, lease: &Lease) {
     let parsed: VcsEvent = match serde_json::from_str(&event.body) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "stored event {} is unreadable", event.id);
-            let _ = ctx
+            let failed = ctx
                 .store
-                .fail_dispatch(event.id, &format!("unreadable event: {e}"))
+                .fail_dispatch(lease, &format!("unreadable event: {e}"))
                 .await;
+            log_write(failed, "giving up", event.id);
             return;
         }
     };
@@ -61,11 +121,13 @@ pub async fn dispatch(ctx: &Ctx, event: EventRow) {
             let message = e.to_string();
             if event.attempts >= MAX_ATTEMPTS {
                 tracing::error!(error = %message, "event {} failed {} times; giving up", event.id, event.attempts);
-                let _ = ctx.store.fail_dispatch(event.id, &message).await;
+                let failed = ctx.store.fail_dispatch(lease, &message).await;
+                log_write(failed, "giving up", event.id);
             } else {
                 let delay = Duration::from_secs(2u64.pow(event.attempts as u32).min(300));
                 tracing::warn!(error = %message, retry_in_s = delay.as_secs(), "dispatching event {} failed; will retry", event.id);
-                let _ = ctx.store.retry_dispatch(event.id, &message, delay).await;
+                let retried = ctx.store.retry_dispatch(lease, &message, delay).await;
+                log_write(retried, "retrying", event.id);
             }
             return;
         }
@@ -73,7 +135,7 @@ pub async fn dispatch(ctx: &Ctx, event: EventRow) {
     let created = match ctx
         .store
         .complete_dispatch(
-            event.id,
+            lease,
             &outcome.detail,
             &outcome.runs,
             outcome.supersede.as_ref(),
@@ -81,12 +143,18 @@ pub async fn dispatch(ctx: &Ctx, event: EventRow) {
         .await
     {
         Ok(c) => c,
+        Err(e @ StoreError::LeaseLost { .. }) => {
+            // Another dispatcher took the event over: its runs are the ones kept.
+            tracing::warn!("runs of event {} not stored: {e}", event.id);
+            return;
+        }
         Err(e) => {
             tracing::error!(error = %e, "storing the runs of event {} failed", event.id);
-            let _ = ctx
+            let retried = ctx
                 .store
-                .retry_dispatch(event.id, &e.to_string(), Duration::from_secs(5))
+                .retry_dispatch(lease, &e.to_string(), Duration::from_secs(5))
                 .await;
+            log_write(retried, "retrying", event.id);
             return;
         }
     };

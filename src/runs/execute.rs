@@ -1,5 +1,5 @@
 //! Takes one claimed run through its phases: fetch the commit, check it out,
-//! restore gantry-kept state, plan, and for apply runs apply the saved plan
+//! point gantry-kept state at gantry's backend, plan, and for apply runs apply the saved plan
 //! (at once with `auto_apply`, or once confirmed); then report the result.
 //!
 //! An apply only ever applies the plan file of its own run, and only when
@@ -11,14 +11,17 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Ctx, LEASE};
-use crate::config::Phase;
+use crate::app::Ctx;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
-use crate::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
+use crate::runner::{
+    BackendConfig, JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError,
+};
+use crate::runs::artifacts::RunLog;
+use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
 use crate::runs::{Run, RunKind, RunState};
-use crate::store::Audit;
+use crate::store::{Audit, Lease};
 
 /// A phase failure: the reason recorded on the run.
 struct Failure(String);
@@ -66,7 +69,7 @@ impl From<RunnerError> for Failure {
 }
 
 #[tracing::instrument(skip_all, fields(run.id = run.id, workspace.name = %run.workspace))]
-pub async fn execute(ctx: Arc<Ctx>, run: Run) {
+pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     let ctx = &ctx;
     let started = std::time::Instant::now();
     // Reports are outbox rows: terraform never waits on the VCS API.
@@ -75,7 +78,12 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
 
     let cancel = ctx.stop_runs.child_token();
     ctx.register_run(run.id, cancel.clone());
-    let heartbeat = spawn_heartbeat(ctx, run.id, cancel.clone());
+    let heartbeat = Heartbeat::spawn(
+        ctx.store.clone(),
+        lease.clone(),
+        ctx.config().queue.lease,
+        cancel.clone(),
+    );
     // The phases before an apply also stop when this replica starts draining
     // (the run goes back to the queue); an apply itself uses `cancel`.
     let before_apply = cancel.child_token();
@@ -87,22 +95,31 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
         })
     };
 
+    let log = RunLog::start(ctx.store.clone(), run.id);
+
     let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &before_apply, &reporter).await
+        apply_confirmed(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
     } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &before_apply, &reporter).await
+        drift_run(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
     } else {
-        plan_run(ctx, &run, &before_apply, &reporter).await
+        plan_run(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
     };
+    log.finish().await;
     drain.abort();
-    heartbeat.abort();
+    let fenced = heartbeat.stop();
     ctx.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
 
-    if let Err(Failure(reason)) = result {
+    if fenced && result.is_err() {
+        // Fenced: terraform was stopped before the lease ran out. The run is
+        // left as it is for the replica that reaps it (a plan is queued again,
+        // an apply is marked interrupted and locks the workspace); this
+        // holder's writes would be stale.
+        tracing::warn!(outcome = ?result.as_ref().err().map(|f| &f.0), "run {} stopped: {LEASE_LOST}", run.id);
+    } else if let Err(Failure(reason)) = result {
         if reason == CANCELED && ctx.shutdown.is_cancelled() {
             let node = ctx.config().node_id.clone();
-            match ctx.store.requeue_run(run.id, &node).await {
+            match ctx.store.requeue_run(&lease, &node).await {
                 Ok(true) => {
                     // Another replica takes it at once.
                     tracing::info!(
@@ -113,16 +130,21 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
                     return;
                 }
                 Ok(false) if cancel.is_cancelled() && !ctx.stop_runs.is_cancelled() => {
-                    // A cancel request (or a lost lease) during the drain:
-                    // recorded below like any other.
+                    // A cancel request during the drain: recorded below like
+                    // any other.
                 }
                 result => {
                     if let Err(e) = result {
                         tracing::error!(error = %e, "handing run {} back to the queue failed", run.id);
                     }
-                    // Left active: handed back when this process exits
-                    // (an apply is marked interrupted and locks its workspace).
+                    // Left active, its lease ended now that terraform has
+                    // stopped: the reaper (of another replica, or of this one
+                    // as it exits) marks it interrupted at once; an apply
+                    // locks its workspace.
                     tracing::warn!("run {} interrupted by shutdown", run.id);
+                    if let Err(e) = ctx.store.expire_lease(&lease).await {
+                        tracing::warn!(error = %e, "releasing the lease of run {} failed", run.id);
+                    }
                     return;
                 }
             }
@@ -134,47 +156,22 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run) {
         };
         tracing::warn!(reason = %reason, "run {} {}", run.id, to);
         let active = [RunState::Fetching, RunState::Planning, RunState::Applying];
-        if let Err(e) = ctx
+        match ctx
             .store
-            .transition(run.id, &active, to, Some(&reason))
+            .transition(&lease, &active, to, Some(&reason))
             .await
         {
-            tracing::error!(error = %e, "recording the end of run {} failed", run.id);
+            Ok(_) => {}
+            Err(e @ crate::store::StoreError::LeaseLost { .. }) => {
+                tracing::warn!("the end of run {} was not recorded: {e}", run.id)
+            }
+            Err(e) => tracing::error!(error = %e, "recording the end of run {} failed", run.id),
         }
     }
     if let Ok(Some(done)) = ctx.store.run(run.id).await {
         tracing::info!(state = %done.state, duration_ms = started.elapsed().as_millis() as u64, "run {} finished: {}", run.id, done.state);
     }
     reporter.changed(ctx).await;
-}
-
-/// Keeps the lease while the run works. Losing it (another node reaped the run)
-/// or a cancel request stops the run.
-fn spawn_heartbeat(ctx: &Ctx, id: i64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-    let store = ctx.store.clone();
-    let node = ctx.config().node_id.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(LEASE / 4) => {}
-                _ = cancel.cancelled() => return,
-            }
-            match store.heartbeat(id, &node, LEASE).await {
-                Ok(Some(false)) => {}
-                Ok(Some(true)) => {
-                    tracing::info!(run.id = id, "run {id} cancel requested");
-                    cancel.cancel();
-                    return;
-                }
-                Ok(None) => {
-                    tracing::warn!(run.id = id, "run {id} lost its lease; stopping");
-                    cancel.cancel();
-                    return;
-                }
-                Err(e) => tracing::warn!(run.id = id, error = %e, "heartbeat failed"),
-            }
-        }
-    })
 }
 
 fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
@@ -184,40 +181,40 @@ fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
         .join(format!("run-{run_id}"))
 }
 
-/// The terraform job of one run phase: its directories, the workspace's own
-/// plugin cache, its timeout, and only that workspace's variables for `phase`.
-pub fn job_request(
+/// The terraform job of one run phase: its timeout, and only that
+/// workspace's variables for `phase`.
+pub fn job_spec(
     config: &crate::config::Config,
     workspace: &Workspace,
-    dirs: RunDirs,
-    artifacts: PathBuf,
-    phase: Phase,
-) -> PlanRequest {
-    PlanRequest {
-        workdir: dirs.checkout().join(workspace.dir.as_str()),
-        dirs,
-        artifacts,
-        plugin_cache: config.data_dir.join("plugin-cache").join(&workspace.name),
+    run_id: i64,
+    commit: &str,
+    phase: JobPhase,
+) -> JobSpec {
+    JobSpec {
+        run_id,
+        workspace: workspace.name.clone(),
+        variables: crate::runner::variables_for(config, &workspace.name, phase.variables()),
+        phase,
+        commit: commit.to_string(),
+        dir: workspace.dir.as_str().to_string(),
+        backend: None,
         timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
-        variables: crate::runner::variables_for(config, &workspace.name, phase),
-        plan_sha256: None,
     }
-}
-
-pub fn artifacts_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
-    ctx.config().data_dir.join("runs").join(run_id.to_string())
 }
 
 /// A checked-out commit ready for terraform.
 struct Prepared {
     workspace: Workspace,
     runner: LocalRunner,
-    request: PlanRequest,
+    job: JobSpec,
+    /// Where terraform runs: the workspace's directory in the run's scratch.
+    workdir: PathBuf,
     /// Whether gantry keeps this workspace's state.
     gantry_state: bool,
 }
 
-/// Fetch (if the mirror lacks the commit), check out, place gantry-kept state.
+/// Fetch (if the mirror lacks the commit), check out, and point gantry-kept
+/// state at gantry's backend.
 async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
     let config = ctx.config();
     let workspace = config
@@ -277,32 +274,65 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
             .map_err(|e| Failure(format!("checkout task failed: {e}")))??;
     }
     let phase = if run.kind == RunKind::Drift {
-        Phase::Drift
+        JobPhase::Drift {
+            refresh_only: workspace.drift_mode == crate::drift::DriftMode::RefreshOnly,
+        }
     } else {
-        Phase::Plan
+        JobPhase::Plan
     };
     let env = ctx.env.clone();
-    let request = job_request(&config, &workspace, dirs, artifacts_dir(ctx, run.id), phase);
-    let gantry_state = !crate::state::has_own_backend(&request.workdir);
+    let mut job = job_spec(&config, &workspace, run.id, &run.head_sha, phase);
+    let workdir = dirs.checkout().join(&job.dir);
+    let gantry_state = !crate::state::has_own_backend(&workdir);
     if gantry_state {
-        crate::state::restore(&ctx.store, &workspace.name, &request.workdir).await?;
+        let base = crate::state::backend_base(&config, ctx.local_addr);
+        let creds =
+            crate::state::configure_run(&ctx.store, &base, &workspace.name, run.id, &workdir)
+                .await?;
+        job.backend = Some(BackendConfig {
+            env: backend_env_vars(creds),
+        });
     }
     let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
         .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
     Ok(Prepared {
         workspace,
         runner,
-        request,
+        job,
+        workdir,
         gantry_state,
     })
 }
 
+/// terraform's http backend reads its credentials from the environment, so
+/// the token is in no file of the checkout and in no saved plan.
+fn backend_env_vars(creds: crate::state::RunCredentials) -> Vec<crate::runner::EnvVar> {
+    use secrecy::ExposeSecret;
+    vec![
+        crate::runner::EnvVar {
+            name: "TF_HTTP_USERNAME".into(),
+            value: creds.username,
+            sensitive: false,
+        },
+        crate::runner::EnvVar {
+            name: "TF_HTTP_PASSWORD".into(),
+            value: creds.password.expose_secret().to_string(),
+            sensitive: true,
+        },
+    ]
+}
+
 /// Checks the run's commit out and moves it to `planning`.
-async fn start_planning(ctx: &Ctx, run: &Run, reporter: &RunReporter) -> Result<Prepared, Failure> {
+async fn start_planning(
+    ctx: &Ctx,
+    run: &Run,
+    lease: &Lease,
+    reporter: &RunReporter,
+) -> Result<Prepared, Failure> {
     let prepared = prepare(ctx, run).await?;
     if !ctx
         .store
-        .transition(run.id, &[RunState::Fetching], RunState::Planning, None)
+        .transition(lease, &[RunState::Fetching], RunState::Planning, None)
         .await?
     {
         return Err(Failure("run changed state while fetching".into()));
@@ -314,12 +344,14 @@ async fn start_planning(ctx: &Ctx, run: &Run, reporter: &RunReporter) -> Result<
 async fn plan_run(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, reporter).await?;
+    let prepared = start_planning(ctx, run, lease, reporter).await?;
     let state_version = crate::state::current_version(&ctx.store, &prepared.workspace.name).await?;
-    let out = match prepared.runner.plan(&prepared.request, cancel).await {
+    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
         Ok(out) => out,
         Err(e) => {
             if let RunnerError::Failed { message, .. } = &e {
@@ -329,8 +361,12 @@ async fn plan_run(
             return Err(e.into());
         }
     };
-    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
-    let cost = crate::cost::estimate(&out.plan, &ctx.config().pricing);
+    let plan = out
+        .plan
+        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
+    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, true).await?;
+    ctx.store.set_plan_text(run.id, &out.text).await?;
+    let cost = crate::cost::estimate(&plan.parsed, &ctx.config().pricing);
     ctx.store.set_cost_estimate(run.id, &cost).await?;
     let governed = ctx
         .config()
@@ -338,12 +374,12 @@ async fn plan_run(
         .iter()
         .any(|g| g.environments.contains(&prepared.workspace.environment));
     if governed {
-        let tfrun = tfrun(ctx, run, &prepared.workspace, &out.summary, &cost).await;
+        let tfrun = tfrun(ctx, run, &prepared.workspace, &plan.summary, &cost).await;
         // Policies never see values terraform marks sensitive, so no deny
         // message can carry one into a comment.
-        let mut plan = out.plan.clone();
-        crate::redact::mask_sensitive_plan(&mut plan);
-        let input = crate::policy::input(plan, tfrun);
+        let mut masked = plan.parsed.clone();
+        crate::redact::mask_sensitive_plan(&mut masked);
+        let input = crate::policy::input(masked, tfrun);
         let checks =
             crate::policy::groups::evaluate(ctx, &prepared.workspace.environment, &input).await;
         ctx.store.set_policy_results(run.id, &checks).await?;
@@ -351,23 +387,23 @@ async fn plan_run(
     ctx.store
         .record_plan(
             run.id,
-            out.summary,
+            plan.summary,
             Some(state_version),
-            Some(&out.plan_sha256),
+            Some(&plan.file.sha256),
         )
         .await?;
 
     if run.kind == RunKind::Plan {
         ctx.store
-            .transition(run.id, &[RunState::Planning], RunState::Planned, None)
+            .transition(lease, &[RunState::Planning], RunState::Planned, None)
             .await?;
         return Ok(());
     }
     // An apply run (a merge): apply now, or wait for a confirmation.
-    if !out.summary.has_changes() {
+    if !plan.summary.has_changes() {
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::Applied,
                 Some("no changes to apply"),
@@ -394,7 +430,7 @@ async fn plan_run(
             );
             ctx.store
                 .transition(
-                    run.id,
+                    lease,
                     &[RunState::Planning],
                     RunState::NeedsConfirmation,
                     Some(&reason),
@@ -411,7 +447,7 @@ async fn plan_run(
         );
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::NeedsConfirmation,
                 Some(&reason),
@@ -422,7 +458,7 @@ async fn plan_run(
     if !prepared.workspace.auto_apply {
         ctx.store
             .transition(
-                run.id,
+                lease,
                 &[RunState::Planning],
                 RunState::NeedsConfirmation,
                 Some("waiting for confirmation"),
@@ -443,11 +479,13 @@ async fn plan_run(
     apply_phase(
         ctx,
         run,
+        lease,
         &prepared,
         RunState::Planning,
         false,
         cancel,
         reporter,
+        log,
     )
     .await
 }
@@ -457,20 +495,14 @@ async fn plan_run(
 async fn drift_run(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, reporter).await?;
+    let prepared = start_planning(ctx, run, lease, reporter).await?;
     let mode = prepared.workspace.drift_mode;
-    let out = match prepared
-        .runner
-        .drift(
-            &prepared.request,
-            mode == crate::drift::DriftMode::RefreshOnly,
-            cancel,
-        )
-        .await
-    {
+    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
         Ok(out) => out,
         Err(e) => {
             if let RunnerError::Failed { message, .. } = &e {
@@ -479,16 +511,22 @@ async fn drift_run(
             return Err(e.into());
         }
     };
-    ctx.store.set_plan_text(run.id, &out.plan_text).await?;
-    let report = crate::drift::report(&out.plan, mode, out.changes);
+    let plan = out
+        .plan
+        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
+    // A drift check's plan is never applied: only its JSON is kept.
+    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, false).await?;
+    ctx.store.set_plan_text(run.id, &out.text).await?;
+    let report = crate::drift::report(&plan.parsed, mode, out.changes);
     ctx.store
         .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
         .await?;
     if let Some(notify) = &prepared.workspace.drift_notify {
         crate::outbox::notify_drift(ctx, &prepared.workspace, run, &report, notify).await;
     }
-    let summary = crate::runs::PlanSummary::from_plan_json(&out.plan);
-    ctx.store.record_plan(run.id, summary, None, None).await?;
+    ctx.store
+        .record_plan(run.id, plan.summary, None, None)
+        .await?;
     let reason = if report.drifted {
         match report.resources.len() {
             1 => "drift found in 1 resource".to_string(),
@@ -499,7 +537,7 @@ async fn drift_run(
     };
     ctx.store
         .transition(
-            run.id,
+            lease,
             &[RunState::Planning],
             RunState::Planned,
             Some(&reason),
@@ -600,19 +638,23 @@ pub(crate) async fn tfrun(
 async fn apply_confirmed(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     check_applicable(ctx, run).await?;
     let prepared = prepare(ctx, run).await?;
     apply_phase(
         ctx,
         run,
+        lease,
         &prepared,
         RunState::Fetching,
         true,
         cancel,
         reporter,
+        log,
     )
     .await
 }
@@ -657,14 +699,17 @@ async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn apply_phase(
     ctx: &Ctx,
     run: &Run,
+    lease: &Lease,
     prepared: &Prepared,
     from: RunState,
     init: bool,
     cancel: &CancellationToken,
     reporter: &RunReporter,
+    log: &dyn LogSink,
 ) -> Result<(), Failure> {
     // Checked again at the last moment, with the run holding the workspace
     // (and as stored now: the plan was recorded after this run was claimed).
@@ -681,51 +726,125 @@ async fn apply_phase(
     // Once applying, only a cancel request, a lost lease or the end of the
     // shutdown grace stops the run, not the start of a drain.
     let cancel = &ctx.run_token(run.id).unwrap_or_else(|| cancel.clone());
+    // The reviewed plan, from the store: whichever replica made it.
+    let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh, &ctx.config().data_dir)
+        .await
+        .map_err(|e| Failure(format!("apply refused: {e}")))?;
     if !ctx
         .store
-        .transition(run.id, &[from], RunState::Applying, None)
+        .transition(lease, &[from], RunState::Applying, None)
         .await?
     {
         return Err(Failure("run changed state before applying".into()));
     }
     reporter.changed(ctx).await;
-    let mut request = prepared.request.clone();
-    request.variables =
-        crate::runner::variables_for(&ctx.config(), &prepared.workspace.name, Phase::Apply);
-    request.plan_sha256 = fresh.plan_sha256.clone();
-    let result = prepared.runner.apply(&request, init, cancel).await;
-    if let Err(RunnerError::PlanTampered { expected, actual }) = &result {
-        return Err(refuse_tampered_plan(ctx, run, expected, actual).await);
-    }
-    // Whatever happened, keep what terraform wrote to the state.
-    let saved = if prepared.gantry_state {
-        crate::state::save(
+    let mut job = job_spec(
+        &ctx.config(),
+        &prepared.workspace,
+        run.id,
+        &run.head_sha,
+        JobPhase::Apply { plan, init },
+    );
+    if prepared.gantry_state {
+        // Only the apply may write the state.
+        let creds = crate::state::run_credentials(
             &ctx.store,
             &prepared.workspace.name,
             run.id,
-            &prepared.request.workdir,
+            crate::state::Access::Write,
         )
-        .await
-    } else {
-        Ok(None)
-    };
+        .await?;
+        job.backend = Some(BackendConfig {
+            env: backend_env_vars(creds),
+        });
+    }
+    let result = prepared.runner.run(&job, log, cancel).await;
+    if let Err(RunnerError::PlanTampered { expected, actual }) = &result {
+        return Err(refuse_tampered_plan(ctx, run, expected, actual).await);
+    }
     match &result {
-        Ok(text) => ctx.store.set_apply_text(run.id, text).await?,
+        Ok(out) => ctx.store.set_apply_text(run.id, &out.text).await?,
         Err(RunnerError::Failed { message, .. }) => {
             ctx.store.set_apply_text(run.id, message).await?
         }
         Err(_) => {}
     }
-    if let Err(e) = saved {
-        return Err(Failure(format!(
-            "apply finished but its state could not be stored: {e}"
-        )));
+    if let Err(e) = &result {
+        lock_unfinished_apply(ctx, run, prepared, e).await;
     }
     result?;
     ctx.store
-        .transition(run.id, &[RunState::Applying], RunState::Applied, None)
+        .transition(lease, &[RunState::Applying], RunState::Applied, None)
         .await?;
     Ok(())
+}
+
+/// An apply that did not finish (timed out, canceled, or whose state could
+/// not be stored) leaves the infrastructure in an unknown state: the
+/// workspace is locked with the reason and the audit log says so. The state
+/// terraform could not store (`errored.tfstate`) is kept in the spool.
+/// An apply stopped by shutdown is left to the reaper, which does the same.
+async fn lock_unfinished_apply(ctx: &Ctx, run: &Run, prepared: &Prepared, error: &RunnerError) {
+    if matches!(error, RunnerError::Canceled) && ctx.shutdown.is_cancelled() {
+        return;
+    }
+    let spooled = if prepared.gantry_state {
+        let why = format!("state left by run {}'s unfinished apply", run.id);
+        crate::state::spool_errored(
+            &ctx.store,
+            &run.workspace,
+            run.id,
+            &prepared.workdir,
+            &why,
+        )
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(run.id = run.id, error = %e, "spooling the state of run {} failed", run.id);
+            None
+        })
+    } else {
+        None
+    };
+    let what = match error {
+        RunnerError::TimedOut {
+            step: "apply",
+            after,
+        } => format!(
+            "apply of run {} timed out after {}",
+            run.id,
+            humantime::format_duration(*after)
+        ),
+        RunnerError::Canceled => format!("apply of run {} was canceled", run.id),
+        _ if spooled.is_some() => format!("apply of run {} could not store its state", run.id),
+        // A plain failed apply: terraform stored what it did.
+        _ => return,
+    };
+    let reason = match spooled {
+        Some(id) => format!("{what}; the state it could not store is kept as spooled state {id}"),
+        None => what,
+    };
+    tracing::error!(run.id = run.id, workspace.name = %run.workspace, "{reason}; locking {}", run.workspace);
+    if let Err(e) = ctx
+        .store
+        .lock_workspace(&run.workspace, &reason, "gantry", Some(run.id))
+        .await
+    {
+        tracing::error!(run.id = run.id, error = %e, "locking {} failed", run.workspace);
+    }
+    if let Err(e) = ctx
+        .store
+        .audit(Audit {
+            actor: "gantry",
+            action: "lock",
+            workspace: Some(&run.workspace),
+            run_id: Some(run.id),
+            commit_sha: Some(&run.head_sha),
+            detail: Some(&reason),
+        })
+        .await
+    {
+        tracing::error!(run.id = run.id, error = %e, "auditing run {} failed", run.id);
+    }
 }
 
 /// The saved plan is not the plan that was reviewed: nothing is applied, the

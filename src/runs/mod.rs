@@ -16,10 +16,14 @@
 //!
 //! - [`dispatch`] turns a stored webhook event into runs (git diff → planner).
 //! - [`execute`] takes a claimed run through fetch, plan and report.
+//! - [`heartbeat`] keeps the worker's lease on its run, and stops the run
+//!   (fencing) when the lease cannot be kept.
 
+pub mod artifacts;
 pub mod command;
 pub mod dispatch;
 pub mod execute;
+pub mod heartbeat;
 
 use std::fmt;
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use sqlx::Row;
 
-use super::{now_ms, runs::insert_run, Backend, NewRun, Store, StoreResult};
+use super::leases::new_token;
+use super::{now_ms, runs::insert_run, Backend, Lease, NewRun, Store, StoreError, StoreResult};
 use crate::runs::Run;
 
 /// A webhook delivery to persist.
@@ -105,15 +106,22 @@ impl Store {
 
     /// Claims the oldest pending event whose repository has no event being
     /// dispatched and no older pending one, so each repository's events are
-    /// dispatched in arrival order.
-    pub async fn claim_event(&self, node: &str, lease: Duration) -> StoreResult<Option<EventRow>> {
+    /// dispatched in arrival order. The claim's [`Lease`] is renewed with
+    /// [`Store::renew_event`] and names the holder in every completion.
+    pub async fn claim_event(
+        &self,
+        node: &str,
+        lease: Duration,
+    ) -> StoreResult<Option<(EventRow, Lease)>> {
         let now = now_ms();
+        let token = new_token();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE events SET state = 'dispatching', claimed_by = $1, lease_until = $2, attempts = attempts + 1
+            "UPDATE events SET state = 'dispatching', claimed_by = $1, lease_until = $2, lease_token = $4,
+                               attempts = attempts + 1
              WHERE id = (
                  SELECT e.id FROM events e
                  WHERE e.state = 'pending' AND e.not_before <= $3
@@ -128,37 +136,72 @@ impl Store {
             .bind(node)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
+            .bind(&token)
             .fetch_optional(&self.pool)
             .await;
         match result {
-            Ok(row) => row.as_ref().map(event_from_row).transpose(),
+            Ok(Some(row)) => {
+                let event = event_from_row(&row)?;
+                let lease = Lease {
+                    id: event.id,
+                    token,
+                };
+                Ok(Some((event, lease)))
+            }
+            Ok(None) => Ok(None),
             Err(e) if is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
+    /// Extends the lease of an event being dispatched. False when the claim is
+    /// no longer this one's (it expired and was reaped or claimed again).
+    pub async fn renew_event(&self, lease: &Lease, duration: Duration) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE events SET lease_until = $3
+             WHERE id = $1 AND lease_token = $2 AND state = 'dispatching'",
+        )
+        .bind(lease.id)
+        .bind(&lease.token)
+        .bind(now_ms() + duration.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks a claimed event dispatched and stores the runs it causes, in one
     /// transaction. For a pull request, queued runs of older commits on the same
-    /// pull request are superseded in the same transaction.
+    /// pull request are superseded in the same transaction. Fails with
+    /// [`StoreError::LeaseLost`], storing nothing, when `lease` is no longer
+    /// the event's claim.
     pub async fn complete_dispatch(
         &self,
-        event_id: i64,
+        lease: &Lease,
         detail: &str,
         runs: &[NewRun],
         supersede: Option<&Supersede>,
     ) -> StoreResult<Vec<Run>> {
+        let event_id = lease.id;
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE events SET state = 'dispatched', detail = $2, dispatched_at = $3,
-                               claimed_by = NULL, lease_until = NULL
-             WHERE id = $1",
+                               claimed_by = NULL, lease_until = NULL, lease_token = NULL
+             WHERE id = $1 AND lease_token = $4 AND state = 'dispatching'",
         )
         .bind(event_id)
         .bind(detail)
         .bind(now)
+        .bind(&lease.token)
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Err(StoreError::LeaseLost {
+                what: "event",
+                id: event_id,
+            });
+        }
         if let Some(s) = supersede {
             let ids: Vec<i64> = sqlx::query_scalar(
                 "UPDATE runs SET state = 'superseded', state_reason = $5, finished_at = $6, updated_at = $6
@@ -198,51 +241,63 @@ impl Store {
     /// tried again after `delay`.
     pub async fn retry_dispatch(
         &self,
-        event_id: i64,
+        lease: &Lease,
         error: &str,
         delay: Duration,
     ) -> StoreResult<()> {
-        sqlx::query(
+        let done = sqlx::query(
             "UPDATE events SET state = 'pending', detail = $2, not_before = $3,
-                               claimed_by = NULL, lease_until = NULL
-             WHERE id = $1",
+                               claimed_by = NULL, lease_until = NULL, lease_token = NULL
+             WHERE id = $1 AND lease_token = $4 AND state = 'dispatching'",
         )
-        .bind(event_id)
+        .bind(lease.id)
         .bind(error)
         .bind(now_ms() + delay.as_millis() as i64)
+        .bind(&lease.token)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        held(done.rows_affected(), lease)
     }
 
     /// Gives up on an event: it stays stored, with the reason.
-    pub async fn fail_dispatch(&self, event_id: i64, error: &str) -> StoreResult<()> {
-        sqlx::query(
+    pub async fn fail_dispatch(&self, lease: &Lease, error: &str) -> StoreResult<()> {
+        let done = sqlx::query(
             "UPDATE events SET state = 'failed', detail = $2, dispatched_at = $3,
-                               claimed_by = NULL, lease_until = NULL
-             WHERE id = $1",
+                               claimed_by = NULL, lease_until = NULL, lease_token = NULL
+             WHERE id = $1 AND lease_token = $4 AND state = 'dispatching'",
         )
-        .bind(event_id)
+        .bind(lease.id)
         .bind(error)
         .bind(now_ms())
+        .bind(&lease.token)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        held(done.rows_affected(), lease)
     }
 
-    /// Returns events whose dispatcher died (lease expired, or claimed by this
-    /// node before a restart) to pending.
-    pub async fn reap_events(&self, own_node_restarted: Option<&str>) -> StoreResult<u64> {
+    /// Returns events whose dispatcher died (their lease expired) to pending.
+    /// Only expired leases: a live claim, whoever holds it, is left alone.
+    pub async fn reap_events(&self) -> StoreResult<u64> {
         let done = sqlx::query(
-            "UPDATE events SET state = 'pending', claimed_by = NULL, lease_until = NULL
-             WHERE state = 'dispatching' AND (lease_until < $1 OR claimed_by = $2)",
+            "UPDATE events SET state = 'pending', claimed_by = NULL, lease_until = NULL, lease_token = NULL
+             WHERE state = 'dispatching' AND lease_until < $1",
         )
         .bind(now_ms())
-        .bind(own_node_restarted.unwrap_or(""))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// `Ok` when a holder's write changed its event, else [`StoreError::LeaseLost`].
+fn held(rows: u64, lease: &Lease) -> StoreResult<()> {
+    if rows == 0 {
+        return Err(StoreError::LeaseLost {
+            what: "event",
+            id: lease.id,
+        });
+    }
+    Ok(())
 }
 
 /// Which queued runs a pull request's new head makes stale.

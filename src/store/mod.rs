@@ -8,10 +8,14 @@
 //! SQLite rule: a transaction's first statement is a write, so it takes the write
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
+mod artifacts;
 mod events;
+mod leases;
 mod outbox;
 mod policy_sets;
+mod retention;
 mod runs;
+mod state;
 mod workspaces;
 
 use std::str::FromStr;
@@ -22,10 +26,14 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
+pub use leases::Lease;
 pub use outbox::{NewReport, ReportRow};
 pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLICY_SETS_CHANNEL};
+pub use retention::{Cutoffs, Pruned};
 pub use runs::{NewRun, TickOutcome};
+pub use state::{PutState, RunToken, SpooledState, StateLock};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -44,6 +52,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A holder wrote after its lease was taken over: nothing was written.
+    #[error("{what} {id} is no longer held by this claim (its lease expired and was taken over); nothing was written")]
+    LeaseLost { what: &'static str, id: i64 },
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

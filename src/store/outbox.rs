@@ -271,15 +271,27 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Returns reports whose sender died (lease expired, or held by this node
-    /// before a restart or at shutdown) to pending, due at once.
-    pub async fn reap_reports(&self, own_node: Option<&str>) -> StoreResult<u64> {
+    /// Returns reports whose sender died (their lease expired) to pending,
+    /// due at once. Only expired leases: a live claim is left alone.
+    pub async fn reap_reports(&self) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE outbox SET state = 'pending', claimed_by = NULL, lease_until = NULL
-             WHERE state = 'sending' AND (lease_until < $1 OR claimed_by = $2)",
+             WHERE state = 'sending' AND lease_until < $1",
         )
         .bind(now_ms())
-        .bind(own_node.unwrap_or(""))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Hands back the reports `node` (this process: node ids are unique per
+    /// process) still holds as it stops, due at once for another replica.
+    pub async fn release_reports(&self, node: &str) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'pending', claimed_by = NULL, lease_until = NULL
+             WHERE state = 'sending' AND claimed_by = $1",
+        )
+        .bind(node)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())

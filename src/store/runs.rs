@@ -7,7 +7,8 @@ use std::time::Duration;
 use sqlx::{Any, Row, Transaction};
 
 use super::events::is_unique_violation;
-use super::{now_ms, Backend, Store, StoreError, StoreResult};
+use super::leases::new_token;
+use super::{now_ms, Backend, Lease, Store, StoreError, StoreResult};
 use crate::runs::{PlanSummary, Run, RunKind, RunSource, RunState};
 
 /// A run to enqueue.
@@ -179,15 +180,21 @@ impl Store {
     }
 
     /// Claims the oldest queued run whose workspace has no active run, moving it
-    /// to `fetching` under a lease held by `node`.
-    pub async fn claim_run(&self, node: &str, lease: Duration) -> StoreResult<Option<Run>> {
-        let now = now_ms();
+    /// to `fetching` under a lease held by `node`. The [`Lease`] it returns is
+    /// renewed by [`Store::heartbeat`] and names the holder in every transition.
+    pub async fn claim_run(
+        &self,
+        node: &str,
+        lease: Duration,
+    ) -> StoreResult<Option<(Run, Lease)>> {
+        let token = new_token();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE runs SET state = 'fetching', claimed_by = $1, lease_until = $2, started_at = $3, updated_at = $3
+            "UPDATE runs SET state = 'fetching', claimed_by = $1, lease_until = $2, lease_token = $4,
+                             started_at = $3, updated_at = $3
              WHERE id = (
                  SELECT r.id FROM runs r
                  WHERE r.state = 'queued'
@@ -196,10 +203,20 @@ impl Store {
              RETURNING {RUN_COLUMNS}"
         );
         let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Sqlite {
+            // Takes the write lock before the clock is read: a claim that
+            // waited for the lock never starts before the run it waited on
+            // finished.
+            sqlx::query("UPDATE runs SET updated_at = updated_at WHERE id = -1")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let now = now_ms();
         let result = sqlx::query(&sql)
             .bind(node)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
+            .bind(&token)
             .fetch_optional(&mut *tx)
             .await;
         let row = match result {
@@ -212,15 +229,52 @@ impl Store {
         let run = run_from_row(&row)?;
         insert_transition(&mut tx, run.id, "fetching", None, now).await?;
         tx.commit().await?;
-        Ok(Some(run))
+        let lease = Lease { id: run.id, token };
+        Ok(Some((run, lease)))
     }
 
-    /// Moves a run from one of `from` to `to`. Returns false (and changes nothing)
-    /// when the run is not in one of `from`. Terminal states set `finished_at` and
-    /// release the lease.
+    /// Moves a run this worker holds from one of `from` to `to`. Returns false
+    /// (and changes nothing) when the run is not in one of `from`; fails with
+    /// [`StoreError::LeaseLost`] (changing nothing) when `lease` is no longer
+    /// the run's claim. Leaving the active states (`planned`, waiting for a
+    /// confirmation, or finished) releases the lease; terminal states also set
+    /// `finished_at`.
     pub async fn transition(
         &self,
+        lease: &Lease,
+        from: &[RunState],
+        to: RunState,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let moved = self
+            .write_transition(lease.id, Some(&lease.token), from, to, reason)
+            .await?;
+        if !moved && self.lease_token(lease.id).await?.as_deref() != Some(&lease.token) {
+            tracing::warn!(run.id = lease.id, to = %to, "stale holder of run {}: its move to {to} was ignored", lease.id);
+            return Err(StoreError::LeaseLost {
+                what: "run",
+                id: lease.id,
+            });
+        }
+        Ok(moved)
+    }
+
+    /// Moves a run nobody holds (queued, planned, waiting for a confirmation),
+    /// as the API does. A run under a worker's lease is left to its worker.
+    pub async fn transition_unclaimed(
+        &self,
         id: i64,
+        from: &[RunState],
+        to: RunState,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        self.write_transition(id, None, from, to, reason).await
+    }
+
+    async fn write_transition(
+        &self,
+        id: i64,
+        token: Option<&str>,
         from: &[RunState],
         to: RunState,
         reason: Option<&str>,
@@ -231,25 +285,33 @@ impl Store {
             .map(|s| format!("'{}'", s.as_str()))
             .collect::<Vec<_>>()
             .join(", ");
-        let terminal = to.is_terminal();
+        let release = if to.is_terminal() {
+            ", finished_at = $4, claimed_by = NULL, lease_until = NULL, lease_token = NULL"
+        } else if !to.is_active() {
+            ", claimed_by = NULL, lease_until = NULL, lease_token = NULL"
+        } else {
+            ""
+        };
+        let holder = if token.is_some() {
+            "lease_token = $5"
+        } else {
+            "lease_token IS NULL"
+        };
         let sql = format!(
             "UPDATE runs SET state = $2, state_reason = $3, updated_at = $4
-                 {}
-             WHERE id = $1 AND state IN ({from_sql})",
-            if terminal {
-                ", finished_at = $4, claimed_by = NULL, lease_until = NULL"
-            } else {
-                ""
-            }
+                 {release}
+             WHERE id = $1 AND {holder} AND state IN ({from_sql})"
         );
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query(&sql)
+        let mut query = sqlx::query(&sql)
             .bind(id)
             .bind(to.as_str())
             .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            .bind(now);
+        if let Some(token) = token {
+            query = query.bind(token);
+        }
+        let done = query.execute(&mut *tx).await?;
         if done.rows_affected() == 0 {
             tx.rollback().await?;
             return Ok(false);
@@ -257,6 +319,17 @@ impl Store {
         insert_transition(&mut tx, id, to.as_str(), reason, now).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// The token of the run's current claim, if it has one.
+    async fn lease_token(&self, id: i64) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar::<_, Option<String>>("SELECT lease_token FROM runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
     }
 
     /// Records a finished plan on a `planning` run (its state is moved by the
@@ -382,7 +455,7 @@ impl Store {
     pub async fn request_cancel(&self, id: i64, actor: &str) -> StoreResult<bool> {
         let reason = format!("canceled by {actor}");
         if self
-            .transition(
+            .transition_unclaimed(
                 id,
                 &[RunState::Queued, RunState::NeedsConfirmation],
                 RunState::Canceled,
@@ -401,41 +474,55 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Extends the lease of an active run held by `node`. `None` when the run
-    /// is no longer ours; otherwise whether a cancel was requested.
-    pub async fn heartbeat(
-        &self,
-        id: i64,
-        node: &str,
-        lease: Duration,
-    ) -> StoreResult<Option<bool>> {
+    /// Extends the lease of an active run this worker holds. `None` when the
+    /// run is no longer held by `lease` (or no longer active); otherwise
+    /// whether a cancel was requested.
+    pub async fn heartbeat(&self, lease: &Lease, duration: Duration) -> StoreResult<Option<bool>> {
         let flag: Option<i64> = sqlx::query_scalar(&format!(
-            "UPDATE runs SET lease_until = $3 WHERE id = $1 AND claimed_by = $2 AND state IN {ACTIVE}
+            "UPDATE runs SET lease_until = $3 WHERE id = $1 AND lease_token = $2 AND state IN {ACTIVE}
              RETURNING cancel_requested"
         ))
-        .bind(id)
-        .bind(node)
-        .bind(now_ms() + lease.as_millis() as i64)
+        .bind(lease.id)
+        .bind(&lease.token)
+        .bind(now_ms() + duration.as_millis() as i64)
         .fetch_optional(&self.pool)
         .await?;
         Ok(flag.map(|f| f != 0))
     }
 
-    /// Marks runs whose worker died `errored` ("interrupted"): those whose lease
-    /// expired and, right after a restart, those this node held. A plan that was
-    /// interrupted on its first attempt is queued again once, keeping its place.
-    pub async fn reap_runs(&self, own_node_restarted: Option<&str>) -> StoreResult<Vec<Run>> {
+    /// Ends this holder's lease now, keeping the run as it is: its worker
+    /// stopped (shutdown) and the run is the reaper's to take back at once,
+    /// here after a restart or on another replica. False when the lease was no
+    /// longer this one.
+    pub async fn expire_lease(&self, lease: &Lease) -> StoreResult<bool> {
+        let done = sqlx::query(&format!(
+            "UPDATE runs SET lease_until = $3 WHERE id = $1 AND lease_token = $2 AND state IN {ACTIVE}"
+        ))
+        .bind(lease.id)
+        .bind(&lease.token)
+        .bind(now_ms() - 1)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Marks runs whose worker died `errored` ("interrupted"): those whose
+    /// lease expired, whoever held them (a crashed process, or a replica fenced
+    /// off from the database, which stopped its terraform before the lease ran
+    /// out). A live lease is never taken, even from a process with the same
+    /// node id. A plan that was interrupted on its first attempt is queued
+    /// again once, keeping its place; an interrupted apply locks its workspace.
+    pub async fn reap_runs(&self) -> StoreResult<Vec<Run>> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE runs SET state = 'errored', finished_at = $1, updated_at = $1,
                              state_reason = CASE WHEN state = 'applying' THEN 'interrupted during apply' ELSE 'interrupted' END,
-                             claimed_by = NULL, lease_until = NULL
-             WHERE state IN {ACTIVE} AND (lease_until < $1 OR claimed_by = $2)
+                             claimed_by = NULL, lease_until = NULL, lease_token = NULL
+             WHERE state IN {ACTIVE} AND lease_until < $1
              RETURNING {RUN_COLUMNS}"
         ))
         .bind(now)
-        .bind(own_node_restarted.unwrap_or(""))
         .fetch_all(&mut *tx)
         .await?;
         let mut out = Vec::new();
@@ -503,17 +590,18 @@ impl Store {
     /// place, for any replica to claim (this replica is draining). Only a run
     /// still fetching or planning, with no cancel requested; false otherwise
     /// (an applying run is never handed over).
-    pub async fn requeue_run(&self, id: i64, node: &str) -> StoreResult<bool> {
+    pub async fn requeue_run(&self, lease: &Lease, node: &str) -> StoreResult<bool> {
+        let id = lease.id;
         let now = now_ms();
         let reason = format!("handed back by {node}, which is shutting down");
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE runs SET state = 'queued', state_reason = $3, claimed_by = NULL, lease_until = NULL,
-                             updated_at = $4
-             WHERE id = $1 AND claimed_by = $2 AND state IN ('fetching', 'planning') AND cancel_requested = 0",
+                             lease_token = NULL, updated_at = $4
+             WHERE id = $1 AND lease_token = $2 AND state IN ('fetching', 'planning') AND cancel_requested = 0",
         )
         .bind(id)
-        .bind(node)
+        .bind(&lease.token)
         .bind(&reason)
         .bind(now)
         .execute(&mut *tx)

@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use super::*;
 use crate::runs::{RunKind, RunSource, RunState};
 
-async fn stores() -> Vec<(Store, tempfile::TempDir)> {
+pub(super) async fn stores() -> Vec<(Store, tempfile::TempDir)> {
     let mut out = Vec::new();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
@@ -33,7 +33,7 @@ async fn stores() -> Vec<(Store, tempfile::TempDir)> {
     out
 }
 
-fn new_run(ws: &str, pr: Option<i64>, sha: &str, event_id: Option<i64>) -> NewRun {
+pub(super) fn new_run(ws: &str, pr: Option<i64>, sha: &str, event_id: Option<i64>) -> NewRun {
     NewRun {
         workspace: ws.into(),
         event_id,
@@ -89,15 +89,15 @@ async fn one_active_run_per_workspace_in_arrival_order() {
             ])
             .await
             .unwrap();
-        let first = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        let (first, lease) = s.claim_run("n1", LEASE).await.unwrap().unwrap();
         assert_eq!(first.id, runs[0].id);
         assert_eq!(first.state, RunState::Fetching);
         // a is busy: the next claim skips a's second run and takes b's.
-        let second = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        let (second, _) = s.claim_run("n1", LEASE).await.unwrap().unwrap();
         assert_eq!(second.id, runs[2].id);
         assert!(s.claim_run("n1", LEASE).await.unwrap().is_none());
         assert!(s
-            .transition(first.id, &[RunState::Fetching], RunState::Planning, None)
+            .transition(&lease, &[RunState::Fetching], RunState::Planning, None)
             .await
             .unwrap());
         s.record_plan(
@@ -113,10 +113,10 @@ async fn one_active_run_per_workspace_in_arrival_order() {
         .await
         .unwrap();
         assert!(s
-            .transition(first.id, &[RunState::Planning], RunState::Planned, None)
+            .transition(&lease, &[RunState::Planning], RunState::Planned, None)
             .await
             .unwrap());
-        let third = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        let (third, _) = s.claim_run("n1", LEASE).await.unwrap().unwrap();
         assert_eq!(third.id, runs[1].id);
         let states: Vec<String> = s
             .transitions(first.id)
@@ -126,9 +126,19 @@ async fn one_active_run_per_workspace_in_arrival_order() {
             .map(|t| t.state)
             .collect();
         assert_eq!(states, ["queued", "fetching", "planning", "planned"]);
-        // A finished run cannot move again.
+        // A finished run cannot move again: its worker's lease was released.
+        assert!(matches!(
+            s.transition(
+                &lease,
+                &[RunState::Fetching, RunState::Planning],
+                RunState::Errored,
+                Some("x")
+            )
+            .await,
+            Err(StoreError::LeaseLost { .. })
+        ));
         assert!(!s
-            .transition(
+            .transition_unclaimed(
                 first.id,
                 &[RunState::Fetching, RunState::Planning],
                 RunState::Errored,
@@ -144,9 +154,10 @@ async fn a_newer_commit_supersedes_queued_runs_of_the_pull_request() {
     for (s, _d) in stores().await {
         let e1 = s.insert_event(&event("e1")).await.unwrap().unwrap();
         let e2 = s.insert_event(&event("e2")).await.unwrap().unwrap();
+        let (_, l1) = s.claim_event("n", LEASE).await.unwrap().unwrap();
         let old = s
             .complete_dispatch(
-                e1,
+                &l1,
                 "d",
                 &[
                     new_run("a", Some(7), "old", Some(e1)),
@@ -157,7 +168,7 @@ async fn a_newer_commit_supersedes_queued_runs_of_the_pull_request() {
             .await
             .unwrap();
         // b's run is already running: it is not superseded.
-        let running = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        let (running, _) = s.claim_run("n1", LEASE).await.unwrap().unwrap();
         assert_eq!(running.id, old[0].id);
         let sup = Supersede {
             provider_id: "github".into(),
@@ -165,9 +176,11 @@ async fn a_newer_commit_supersedes_queued_runs_of_the_pull_request() {
             pr_number: 7,
             head_sha: "new".into(),
         };
+        let (_, l2) = s.claim_event("n", LEASE).await.unwrap().unwrap();
+        assert_eq!(l2.id, e2);
         let new = s
             .complete_dispatch(
-                e2,
+                &l2,
                 "d",
                 &[new_run("a", Some(7), "new", Some(e2))],
                 Some(&sup),
@@ -196,6 +209,13 @@ async fn a_newer_commit_supersedes_queued_runs_of_the_pull_request() {
     }
 }
 
+/// A lease short enough to run out within a test.
+const SHORT: Duration = Duration::from_millis(50);
+
+async fn let_leases_expire() {
+    tokio::time::sleep(SHORT * 3).await;
+}
+
 #[tokio::test]
 async fn interrupted_plans_are_marked_and_requeued_once() {
     for (s, _d) in stores().await {
@@ -203,22 +223,88 @@ async fn interrupted_plans_are_marked_and_requeued_once() {
             .insert_runs(&[new_run("a", None, "1", None)])
             .await
             .unwrap();
-        let claimed = s.claim_run("dead-node", LEASE).await.unwrap().unwrap();
+        let (claimed, _) = s.claim_run("dead-node", SHORT).await.unwrap().unwrap();
         assert_eq!(claimed.id, runs[0].id);
-        // Another node's live lease is left alone.
-        assert!(s.reap_runs(Some("other")).await.unwrap().is_empty());
-        let reaped = s.reap_runs(Some("dead-node")).await.unwrap();
+        let_leases_expire().await;
+        let reaped = s.reap_runs().await.unwrap();
         assert_eq!(reaped.len(), 1);
         let old = s.run(claimed.id).await.unwrap().unwrap();
         assert_eq!(
             (old.state, old.state_reason.as_deref()),
             (RunState::Errored, Some("interrupted"))
         );
-        let retry = s.claim_run("n2", LEASE).await.unwrap().unwrap();
+        let (retry, _) = s.claim_run("n2", SHORT).await.unwrap().unwrap();
         assert_eq!((retry.attempt, retry.retry_of), (2, Some(claimed.id)));
         // The retry dies too: not queued a third time.
-        s.reap_runs(Some("n2")).await.unwrap();
+        let_leases_expire().await;
+        assert_eq!(s.reap_runs().await.unwrap().len(), 1);
         assert!(s.claim_run("n3", LEASE).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_live_lease_is_never_reaped_whatever_the_node_id() {
+    for (s, _d) in stores().await {
+        s.insert_runs(&[new_run("a", None, "1", None)])
+            .await
+            .unwrap();
+        let (run, lease) = s.claim_run("same-node", LEASE).await.unwrap().unwrap();
+        // A second process with the same node id starts and reaps: nothing is taken.
+        assert!(s.reap_runs().await.unwrap().is_empty());
+        assert_eq!(s.heartbeat(&lease, LEASE).await.unwrap(), Some(false));
+        assert_eq!(
+            s.run(run.id).await.unwrap().unwrap().state,
+            RunState::Fetching
+        );
+        // Its holder stops (a shutdown) and ends the lease: reaped at once.
+        assert!(s.expire_lease(&lease).await.unwrap());
+        assert_eq!(s.reap_runs().await.unwrap().len(), 1);
+        assert!(!s.expire_lease(&lease).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_stale_run_holder_changes_nothing() {
+    for (s, _d) in stores().await {
+        s.insert_runs(&[new_run("a", None, "1", None)])
+            .await
+            .unwrap();
+        let (run, stale) = s.claim_run("a", SHORT).await.unwrap().unwrap();
+        let_leases_expire().await;
+        assert_eq!(s.reap_runs().await.unwrap().len(), 1);
+        // The retry is claimed by another worker.
+        let (retry, fresh) = s.claim_run("b", LEASE).await.unwrap().unwrap();
+        assert_eq!(retry.retry_of, Some(run.id));
+        // The first holder wakes up: no heartbeat, no transition.
+        assert_eq!(s.heartbeat(&stale, LEASE).await.unwrap(), None);
+        assert!(matches!(
+            s.transition(&stale, &[RunState::Fetching], RunState::Planning, None)
+                .await,
+            Err(StoreError::LeaseLost { .. })
+        ));
+        let old = s.run(run.id).await.unwrap().unwrap();
+        assert_eq!(
+            (old.state, old.state_reason.as_deref()),
+            (RunState::Errored, Some("interrupted"))
+        );
+        // A token of one run never moves another.
+        let wrong = Lease {
+            id: retry.id,
+            token: stale.token.clone(),
+        };
+        assert!(s
+            .transition(&wrong, &[RunState::Fetching], RunState::Planning, None)
+            .await
+            .is_err());
+        assert!(s
+            .transition(&fresh, &[RunState::Fetching], RunState::Planning, None)
+            .await
+            .unwrap());
+        // The API cannot move a run a worker holds.
+        assert!(!s
+            .transition_unclaimed(retry.id, &[RunState::Planning], RunState::Canceled, None)
+            .await
+            .unwrap());
     }
 }
 
@@ -227,17 +313,60 @@ async fn events_of_one_repository_dispatch_one_at_a_time() {
     for (s, _d) in stores().await {
         let a = s.insert_event(&event("a")).await.unwrap().unwrap();
         let b = s.insert_event(&event("b")).await.unwrap().unwrap();
-        let first = s.claim_event("n", LEASE).await.unwrap().unwrap();
+        let (first, lease) = s.claim_event("n", LEASE).await.unwrap().unwrap();
         assert_eq!(first.id, a);
         assert!(
             s.claim_event("n", LEASE).await.unwrap().is_none(),
             "b waits for a"
         );
-        s.complete_dispatch(a, "done", &[], None).await.unwrap();
-        assert_eq!(s.claim_event("n", LEASE).await.unwrap().unwrap().id, b);
-        // A dispatcher that died gives its event back.
-        assert_eq!(s.reap_events(Some("n")).await.unwrap(), 1);
-        assert_eq!(s.claim_event("m", LEASE).await.unwrap().unwrap().id, b);
+        s.complete_dispatch(&lease, "done", &[], None)
+            .await
+            .unwrap();
+        let (second, _) = s.claim_event("n", SHORT).await.unwrap().unwrap();
+        assert_eq!(second.id, b);
+        // A live claim is not reaped; a dispatcher that died gives its event back.
+        assert_eq!(s.reap_events().await.unwrap(), 0);
+        let_leases_expire().await;
+        assert_eq!(s.reap_events().await.unwrap(), 1);
+        assert_eq!(s.claim_event("m", LEASE).await.unwrap().unwrap().0.id, b);
+    }
+}
+
+#[tokio::test]
+async fn a_stale_dispatch_completion_changes_nothing() {
+    for (s, _d) in stores().await {
+        let id = s.insert_event(&event("slow")).await.unwrap().unwrap();
+        let (_, stale) = s.claim_event("a", SHORT).await.unwrap().unwrap();
+        // Renewed while it runs, the claim is kept past its first expiry.
+        assert!(s.renew_event(&stale, LEASE).await.unwrap());
+        let_leases_expire().await;
+        assert_eq!(s.reap_events().await.unwrap(), 0);
+        // Not renewed any more: it expires and another dispatcher takes it.
+        assert!(s.renew_event(&stale, SHORT).await.unwrap());
+        let_leases_expire().await;
+        assert_eq!(s.reap_events().await.unwrap(), 1);
+        let (again, fresh) = s.claim_event("b", LEASE).await.unwrap().unwrap();
+        assert_eq!((again.id, again.attempts), (id, 2));
+        // The first dispatcher finishes late: no runs, no state change.
+        let late = s
+            .complete_dispatch(&stale, "late", &[new_run("a", None, "1", Some(id))], None)
+            .await;
+        assert!(
+            matches!(late, Err(StoreError::LeaseLost { .. })),
+            "{late:?}"
+        );
+        assert!(s.retry_dispatch(&stale, "x", SHORT).await.is_err());
+        assert!(s.fail_dispatch(&stale, "x").await.is_err());
+        assert!(!s.renew_event(&stale, LEASE).await.unwrap());
+        assert_eq!(s.count_runs().await.unwrap(), 0);
+        assert_eq!(s.event(id).await.unwrap().unwrap().state, "dispatching");
+        // The holder's completion counts.
+        let runs = s
+            .complete_dispatch(&fresh, "done", &[new_run("a", None, "1", Some(id))], None)
+            .await
+            .unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(s.event(id).await.unwrap().unwrap().state, "dispatched");
     }
 }
 
@@ -298,7 +427,7 @@ async fn a_drift_tick_is_handled_once_and_skipped_when_the_workspace_is_busy() {
         assert_eq!(ticks[1].1, "queued");
         assert_eq!(s.count_runs().await.unwrap(), 1);
         // While that run is active (claimed by a worker) the next tick is skipped too.
-        let active = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        let (active, _) = s.claim_run("n1", LEASE).await.unwrap().unwrap();
         assert_eq!(active.state, RunState::Fetching);
         assert!(matches!(
             s.claim_drift_tick(3_000, &drift).await.unwrap(),
@@ -344,23 +473,27 @@ async fn a_draining_node_hands_back_only_its_own_runs_before_they_apply() {
             .insert_runs(&[new_run("dns", Some(7), "aaa", None)])
             .await
             .unwrap()[0];
-        let claimed = s.claim_run("a", LEASE).await.unwrap().unwrap();
+        let (claimed, lease) = s.claim_run("a", LEASE).await.unwrap().unwrap();
         assert_eq!(claimed.id, run.id);
-        assert!(!s.requeue_run(run.id, "b").await.unwrap(), "not b's");
-        assert!(s.requeue_run(run.id, "a").await.unwrap());
+        let forged = Lease {
+            id: run.id,
+            token: "not-the-holders".into(),
+        };
+        assert!(!s.requeue_run(&forged, "b").await.unwrap(), "not b's");
+        assert!(s.requeue_run(&lease, "a").await.unwrap());
         let back = s.run(run.id).await.unwrap().unwrap();
         assert_eq!(back.state, RunState::Queued);
         // Another node takes the very same run.
-        let again = s.claim_run("b", LEASE).await.unwrap().unwrap();
+        let (again, lease) = s.claim_run("b", LEASE).await.unwrap().unwrap();
         assert_eq!(again.id, run.id);
         for (from, to) in [
             (RunState::Fetching, RunState::Planning),
             (RunState::Planning, RunState::Applying),
         ] {
-            assert!(s.transition(run.id, &[from], to, None).await.unwrap());
+            assert!(s.transition(&lease, &[from], to, None).await.unwrap());
         }
         assert!(
-            !s.requeue_run(run.id, "b").await.unwrap(),
+            !s.requeue_run(&lease, "b").await.unwrap(),
             "an apply is never handed over"
         );
         assert_eq!(

@@ -46,6 +46,8 @@ pub struct StateVersion {
     pub lineage: String,
     pub run_id: Option<i64>,
     pub created_at: i64,
+    /// `run N`, or `api` for a CLI user's write; `None` before the backend.
+    pub written_by: Option<String>,
     #[serde(skip)]
     pub state: String,
 }
@@ -68,6 +70,7 @@ fn version_from_row(r: &sqlx::any::AnyRow) -> StoreResult<StateVersion> {
         lineage: r.try_get("lineage")?,
         run_id: r.try_get("run_id")?,
         created_at: r.try_get("created_at")?,
+        written_by: r.try_get("written_by")?,
         state: r.try_get("state")?,
     })
 }
@@ -175,7 +178,7 @@ impl Store {
 
     pub async fn latest_state(&self, workspace: &str) -> StoreResult<Option<StateVersion>> {
         let row = sqlx::query(
-            "SELECT id, workspace, serial, lineage, run_id, created_at, state FROM state_versions
+            "SELECT id, workspace, serial, lineage, run_id, created_at, written_by, state FROM state_versions
              WHERE workspace = $1 ORDER BY id DESC LIMIT 1",
         )
         .bind(workspace)
@@ -187,7 +190,7 @@ impl Store {
     /// Newest first, without the state documents.
     pub async fn state_versions(&self, workspace: &str) -> StoreResult<Vec<StateVersion>> {
         let rows = sqlx::query(
-            "SELECT id, workspace, serial, lineage, run_id, created_at, '' AS state FROM state_versions
+            "SELECT id, workspace, serial, lineage, run_id, created_at, written_by, '' AS state FROM state_versions
              WHERE workspace = $1 ORDER BY id DESC",
         )
         .bind(workspace)

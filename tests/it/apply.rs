@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
+use gantry::store::ArtifactKind;
 use serde_json::{json, Value};
 
 use crate::support::origin::null_config;
 use crate::support::*;
 
 /// One workspace, `dns`, applying on merge.
-fn dns_yaml(env: &TestEnv, auto_apply: bool) -> String {
+pub(crate) fn dns_yaml(env: &TestEnv, auto_apply: bool) -> String {
     env.config_yaml(
         &format!(
             r#"  - name: dns
@@ -26,7 +27,7 @@ fn dns_yaml(env: &TestEnv, auto_apply: bool) -> String {
     )
 }
 
-async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+pub(crate) async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
     app.client
         .post(app.url(path))
         .bearer_auth(API_TOKEN)
@@ -37,7 +38,7 @@ async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
 }
 
 /// Waits until run `id` is in `state`.
-async fn wait_state(app: &TestApp, id: i64, state: &str) -> Value {
+pub(crate) async fn wait_state(app: &TestApp, id: i64, state: &str) -> Value {
     wait_until(Duration::from_secs(120), || async {
         let run = app.api(&format!("/api/runs/{id}")).await;
         (run["state"] == state).then_some(run)
@@ -46,7 +47,7 @@ async fn wait_state(app: &TestApp, id: i64, state: &str) -> Value {
 }
 
 /// Merges a change to `dns/main.tf` into main (a push webhook); returns the merge sha.
-async fn merge(
+pub(crate) async fn merge(
     env: &TestEnv,
     app: &TestApp,
     parent: git2::Oid,
@@ -86,7 +87,7 @@ fn dns_config(marker: &str) -> String {
     }
 }
 
-fn resources(state: &Value) -> Vec<String> {
+pub(crate) fn resources(state: &Value) -> Vec<String> {
     state["resources"]
         .as_array()
         .unwrap()
@@ -482,6 +483,33 @@ async fn queued_runs_can_be_canceled() {
     app.stop().await;
 }
 
+/// An app with one workspace, `dns`, whose `terraform plan` prints
+/// "slow plan: started" and then takes a minute, and the id of the run a
+/// merge on `base` started, once it is planning.
+pub(crate) async fn planning_slowly(env: &TestEnv, base: git2::Oid) -> (TestApp, i64) {
+    let slow = env.dir.path().join("slow-plan");
+    crate::support::origin::write_script(
+        &slow,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = plan ]; then echo \"slow plan: started\"; sleep 60; fi\nexec \"{}\" \"$@\"\n",
+            terraform_bin()
+        ),
+    );
+    let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
+    let app = env
+        .spawn_app(&env.config_yaml(workspaces, 1, "127.0.0.1:0", &slow.display().to_string()))
+        .await;
+    merge(env, &app, base, "dns-v2", "merge-1", 7).await;
+    let id = wait_until(Duration::from_secs(60), || async {
+        let runs = app.runs().await;
+        runs.first()
+            .filter(|r| r["state"] == "planning")
+            .and_then(|r| r["id"].as_i64())
+    })
+    .await;
+    (app, id)
+}
+
 #[tokio::test]
 async fn a_running_plan_can_be_canceled() {
     let env = TestEnv::new(&Db::Sqlite).await;
@@ -491,26 +519,7 @@ async fn a_running_plan_can_be_canceled() {
         "initial",
         &["refs/heads/main"],
     );
-    let slow = env.dir.path().join("slow-plan");
-    crate::support::origin::write_script(
-        &slow,
-        &format!(
-            "#!/bin/sh\nif [ \"$1\" = plan ]; then sleep 60; fi\nexec \"{}\" \"$@\"\n",
-            terraform_bin()
-        ),
-    );
-    let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n";
-    let app = env
-        .spawn_app(&env.config_yaml(workspaces, 1, "127.0.0.1:0", &slow.display().to_string()))
-        .await;
-    merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
-    let id = wait_until(Duration::from_secs(60), || async {
-        let runs = app.runs().await;
-        runs.first()
-            .filter(|r| r["state"] == "planning")
-            .and_then(|r| r["id"].as_i64())
-    })
-    .await;
+    let (app, id) = planning_slowly(&env, base).await;
     let started = std::time::Instant::now();
     assert_eq!(
         post(&app, &format!("/api/runs/{id}/cancel"), json!({}))
@@ -550,11 +559,21 @@ async fn a_plan_file_changed_after_planning_is_never_applied() {
             .to_string();
         assert_eq!(recorded.len(), 64);
 
-        // Someone swaps the reviewed plan for another.
-        let plan = env.data_dir().join(format!("runs/{id}/plan.tfplan"));
-        let mut bytes = std::fs::read(&plan).unwrap();
+        // Someone with write access to the database swaps the reviewed plan
+        // for another: the whole artifact row, its own sha256 included.
+        let store = &app.ctx.store;
+        let stored = store
+            .artifact(id, ArtifactKind::PlanFile)
+            .await
+            .unwrap()
+            .expect("the plan file is in the store");
+        assert_eq!(stored.sha256, recorded);
+        let mut bytes = stored.bytes;
         bytes.extend_from_slice(b"tampered");
-        std::fs::write(&plan, bytes).unwrap();
+        store
+            .put_artifact(id, ArtifactKind::PlanFile, &bytes)
+            .await
+            .unwrap();
 
         let r = post(&app, &format!("/api/runs/{id}/apply"), json!({})).await;
         assert_eq!(r.status(), 200);

@@ -4,12 +4,14 @@
 mod support;
 
 mod apply;
+mod artifacts;
 mod cli;
 mod commands;
 mod drain;
 mod drift;
 mod github_app;
 mod ingest;
+mod leases;
 mod outbox;
 mod policy;
 mod policy_sets;
@@ -20,3 +22,4 @@ mod reload;
 mod restart;
 mod runner;
 mod sandbox;
+mod state_backend;

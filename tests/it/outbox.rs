@@ -114,20 +114,21 @@ async fn a_reaped_run_reports_its_end_and_reports_survive_a_restart() {
             .await
             .unwrap()
             .remove(0);
-        store
+        let (_, lease) = store
             .claim_run("dead-replica", Duration::ZERO)
             .await
             .unwrap()
             .unwrap();
         assert!(store
-            .transition(run.id, &[RunState::Fetching], RunState::Applying, None)
+            .transition(&lease, &[RunState::Fetching], RunState::Applying, None)
             .await
             .unwrap());
         // Another replica reaps it and dies at once: the report was committed
         // with the run's end.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let reaped = store.reap_runs(Some("reaper-replica")).await.unwrap();
+        let reaped = store.reap_runs().await.unwrap();
         assert_eq!(reaped.len(), 1, "{db:?}");
+        assert_eq!(reaped[0].id, run.id);
         assert_eq!(
             reaped[0].state_reason.as_deref(),
             Some("interrupted during apply")
@@ -268,7 +269,7 @@ async fn the_store_delivers_one_report_per_key_at_a_time_and_never_an_older_stat
             .unwrap()
             .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(store.reap_reports(None).await.unwrap(), 1);
+        assert_eq!(store.reap_reports().await.unwrap(), 1);
         let taken = store.claim_report("n1", lease).await.unwrap().unwrap();
         assert_eq!(taken.id, held.id);
         store.close().await;

@@ -463,7 +463,7 @@ async fn a_policy_pull_request_gets_an_impact_table_and_status() {
     let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n  - name: network\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: network\n";
     let mut y = env.config_yaml(workspaces, 2, "127.0.0.1:0", &terraform_bin());
     y.push_str("policy_groups:\n  - name: baseline\n    provider: github\n    repo: acme/policies\n    branch: main\n    path: terraform\n    environments: [production]\n");
-    let app = env.spawn_app(&y).await;
+    let planner = env.spawn_app(&y).await;
 
     // Both workspaces have a stored plan (a merge, waiting for confirmation).
     let base = env.origin.commit(
@@ -478,17 +478,22 @@ async fn a_policy_pull_request_gets_an_impact_table_and_status() {
     let merged = env
         .origin
         .commit(&files, &[base], "merge", &["refs/heads/main"]);
-    app.send_webhook(
-        "push",
-        "m-1",
-        &push_payload("main", &base.to_string(), &merged.to_string()),
-    )
-    .await;
-    let runs = app.wait_for_runs_done(2).await;
+    planner
+        .send_webhook(
+            "push",
+            "m-1",
+            &push_payload("main", &base.to_string(), &merged.to_string()),
+        )
+        .await;
+    let runs = planner.wait_for_runs_done(2).await;
     assert!(
         runs.iter().all(|r| r["state"] == "needs_confirmation"),
         "{runs:?}"
     );
+    // The analysis runs on another replica, with a data_dir of its own: the
+    // plans it reads come from the store.
+    planner.stop().await;
+    let app = env.spawn_app(&env.replica_yaml(&y, "analyst")).await;
 
     // The policy PR forbids dns's marker: dns flips to failing, network is unaffected.
     let stricter = HARD.replace("== \"forbidden\"", "== \"dns-v2\"");

@@ -1,6 +1,6 @@
 //! Crash safety: the real binary is killed (SIGKILL) with runs queued and one in
-//! flight; started again, it marks the interrupted run, re-queues its plan once,
-//! and completes everything.
+//! flight; started again, it marks the interrupted run once its lease has run
+//! out, re-queues its plan once, and completes everything.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -9,6 +9,10 @@ use serde_json::Value;
 
 use crate::support::origin::{null_config, write_script};
 use crate::support::*;
+
+/// The killed process's claims come back once their lease runs out (the
+/// restarted process has a new node id), so the lease is kept short here.
+const SHORT_LEASE: &str = "queue:\n  lease: 3s\n";
 
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -75,7 +79,7 @@ async fn killed_mid_queue_then_restarted_completes_every_run() {
             1,
             &listen,
             &slow.display().to_string(),
-        );
+        ) + SHORT_LEASE;
         env.write_config(&yaml);
         let base_url = format!("http://{listen}");
         let client = reqwest::Client::new();
@@ -180,7 +184,9 @@ async fn an_apply_killed_midway_locks_the_workspace_and_is_not_retried() {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n    auto_apply: true\n";
-        env.write_config(&env.config_yaml(workspaces, 1, &listen, &slow.display().to_string()));
+        env.write_config(
+            &(env.config_yaml(workspaces, 1, &listen, &slow.display().to_string()) + SHORT_LEASE),
+        );
         let base_url = format!("http://{listen}");
         let client = reqwest::Client::new();
 

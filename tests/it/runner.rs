@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use gantry::redact::Redactor;
 
-use gantry::config::Phase;
-use gantry::runner::{LocalRunner, PlanRequest, RunDirs, Runner, RunnerError};
+use gantry::runner::{JobPhase, JobSpec, LocalRunner, Runner, RunnerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::origin::{null_config, write_script};
@@ -47,14 +46,26 @@ async fn terraform_sees_only_what_the_operator_passes() {
         Arc::new(Redactor::for_config(&config)),
     )
     .unwrap();
-    let req = request(&env, &config, "network", Phase::Plan);
-    write_file(&req.workdir.join("main.tf"), &null_config("x"));
+    let job = spec(&config, "network", JobPhase::Plan);
+    write_file(&runner.workdir(&job).join("main.tf"), &null_config("x"));
 
-    let out = runner.plan(&req, &CancellationToken::new()).await.unwrap();
-    assert_eq!(out.summary.add, 1);
-    assert!(out.plan_json.exists() && out.plan_file.exists());
+    let streamed = std::sync::Mutex::new(String::new());
+    let out = runner
+        .run(&job, &Collect(&streamed), &CancellationToken::new())
+        .await
+        .unwrap();
+    let plan = out.plan.as_ref().expect("a plan job saves a plan");
+    assert_eq!(plan.summary.add, 1);
+    assert_eq!(
+        plan.file.sha256,
+        gantry::store::sha256_hex(&plan.file.bytes)
+    );
+    assert!(plan.parsed["resource_changes"].is_array());
+    // The plan leaves as a value: nothing of it stays in the scratch.
+    let scratch = runner.dirs(job.run_id);
+    assert!(!scratch.out().join("plan.tfplan").exists());
 
-    let seen = std::fs::read_to_string(req.dirs.home().join("env.txt")).unwrap();
+    let seen = std::fs::read_to_string(scratch.home().join("env.txt")).unwrap();
     for expected in [
         "TF_IN_AUTOMATION=1",
         "AWS_REGION=eu-west-1",
@@ -71,9 +82,20 @@ async fn terraform_sees_only_what_the_operator_passes() {
         assert!(!seen.contains(secret), "a daemon secret reached terraform");
     }
     // Secret-looking pass-through values are redacted from captured output.
-    assert!(out.plan_text.contains("secret is ***"), "{}", out.plan_text);
-    let log = std::fs::read_to_string(req.artifacts.join("log.txt")).unwrap();
-    assert!(!log.contains("aws-secret-value-123"));
+    assert!(out.text.contains("secret is ***"), "{}", out.text);
+    assert!(!out.log.contains("aws-secret-value-123"));
+    assert!(out.log.contains("secret is ***"), "{}", out.log);
+    // The sink got the same log, as it went.
+    assert_eq!(*streamed.lock().unwrap(), out.log);
+}
+
+/// A sink that keeps what it is sent.
+struct Collect<'a>(&'a std::sync::Mutex<String>);
+
+impl gantry::runner::LogSink for Collect<'_> {
+    fn append(&self, text: &str) {
+        self.0.lock().unwrap().push_str(text);
+    }
 }
 
 #[tokio::test]
@@ -107,12 +129,12 @@ async fn a_run_past_its_timeout_is_killed() {
     )
     .unwrap()
     .with_interrupt_grace(Duration::from_millis(500));
-    let mut req = request(&env, &config, "network", Phase::Plan);
-    req.timeout = Duration::from_millis(500);
-    write_file(&req.workdir.join("main.tf"), &null_config("x"));
+    let mut job = spec(&config, "network", JobPhase::Plan);
+    job.timeout = Duration::from_millis(500);
+    write_file(&runner.workdir(&job).join("main.tf"), &null_config("x"));
     let started = Instant::now();
     let err = runner
-        .plan(&req, &CancellationToken::new())
+        .run(&job, &gantry::runner::NoLog, &CancellationToken::new())
         .await
         .unwrap_err();
     assert!(
@@ -130,15 +152,8 @@ async fn a_run_past_its_timeout_is_killed() {
     assert!(!marker.exists(), "the hung child survived the timeout");
 }
 
-/// The job of one phase of a run of `workspace`, in a fresh run directory.
-fn request(env: &TestEnv, config: &gantry::Config, workspace: &str, phase: Phase) -> PlanRequest {
+/// A job of run 1 of `workspace`.
+fn spec(config: &gantry::Config, workspace: &str, phase: JobPhase) -> JobSpec {
     let ws = config.workspace(workspace).unwrap();
-    let dirs = RunDirs::new(env.data_dir().join("work").join(format!("run-{workspace}")));
-    gantry::runs::execute::job_request(
-        config,
-        ws,
-        dirs,
-        env.data_dir().join("runs").join(workspace),
-        phase,
-    )
+    gantry::runs::execute::job_spec(config, ws, 1, "0000000", phase)
 }

@@ -7,8 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use gantry::config::Phase;
-use gantry::runner::{RunDirs, Runner};
+use gantry::runner::{JobPhase, NoLog, RunDirs, Runner};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::origin::null_config;
@@ -360,22 +359,18 @@ workspaces:
     .unwrap();
 
     let ws = config2.workspace("network").unwrap();
-    let job = |phase| {
-        gantry::runs::execute::job_request(
-            &config2,
-            ws,
-            RunDirs::new(env.data_dir().join("work/run-vars")),
-            env.data_dir().join("runs/vars"),
-            phase,
-        )
-    };
-    let plan = job(Phase::Plan);
+    let job = |phase| gantry::runs::execute::job_spec(&config2, ws, 7, "0000000", phase);
+    let plan = job(JobPhase::Plan);
     write_file(
-        &plan.workdir.join("main.tf"),
+        &runner.workdir(&plan).join("main.tf"),
         &format!("variable \"NETWORK_ONLY\" {{}}\n{}", null_config("x")),
     );
-    let out = runner.plan(&plan, &CancellationToken::new()).await.unwrap();
-    let seen = std::fs::read_to_string(plan.dirs.home().join("env-plan.txt")).unwrap();
+    let out = runner
+        .run(&plan, &NoLog, &CancellationToken::new())
+        .await
+        .unwrap();
+    let home = runner.dirs(7).home();
+    let seen = std::fs::read_to_string(home.join("env-plan.txt")).unwrap();
     for expected in [
         "ACCOUNT_REGION=us-east-1",
         "READ_KEY=account-read-key",
@@ -397,13 +392,15 @@ workspaces:
         assert!(!seen.contains(absent), "{absent} reached the plan:\n{seen}");
     }
 
-    let mut apply = job(Phase::Apply);
-    apply.plan_sha256 = Some(out.plan_sha256.clone());
+    let apply = job(JobPhase::Apply {
+        plan: out.plan.unwrap().file,
+        init: false,
+    });
     runner
-        .apply(&apply, false, &CancellationToken::new())
+        .run(&apply, &NoLog, &CancellationToken::new())
         .await
         .unwrap();
-    let seen = std::fs::read_to_string(apply.dirs.home().join("env-apply.txt")).unwrap();
+    let seen = std::fs::read_to_string(home.join("env-apply.txt")).unwrap();
     assert!(
         seen.lines().any(|l| l == "WRITE_KEY=account-write-key"),
         "{seen}"

@@ -34,6 +34,8 @@ struct State_ {
     approved: Vec<u64>,
     /// login → permission (`admin`, `write`, `read`, …); others are not collaborators
     permissions: BTreeMap<String, String>,
+    /// (path fragment, delay): requests whose path contains the fragment are answered that late
+    delays: Vec<(String, std::time::Duration)>,
     /// An outage: every request is answered 503 (and not recorded).
     down: bool,
     /// Requests answered 503 during outages.
@@ -476,6 +478,25 @@ async fn edit_issue(
     }))
 }
 
+/// Holds back requests [`FakeGitHub::delay`] names.
+async fn delayed(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let delay = state
+        .lock()
+        .unwrap()
+        .delays
+        .iter()
+        .find(|(fragment, _)| request.uri().path().contains(fragment.as_str()))
+        .map(|(_, d)| *d);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    next.run(request).await
+}
+
 impl FakeGitHub {
     /// Pull request `pr` is open with head `sha`.
     pub fn set_pr_head(&self, pr: u64, sha: &str) {
@@ -496,6 +517,15 @@ impl FakeGitHub {
             .unwrap()
             .permissions
             .insert(login.to_string(), permission.to_string());
+    }
+
+    /// Answers requests whose path contains `path_fragment` only after `by` (a slow API).
+    pub fn delay(&self, path_fragment: &str, by: std::time::Duration) {
+        self.state
+            .lock()
+            .unwrap()
+            .delays
+            .push((path_fragment.to_string(), by));
     }
 
     /// Makes `GET /repos/{o}/{r}/commits/{sha}/pulls` answer with pull request `pr`.
@@ -540,6 +570,7 @@ impl FakeGitHub {
                 )
             })
             .layer(axum::middleware::from_fn_with_state(state.clone(), outage))
+            .layer(axum::middleware::from_fn_with_state(state.clone(), delayed))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

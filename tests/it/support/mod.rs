@@ -203,6 +203,18 @@ workspaces:
 "#
     }
 
+    /// `yaml` for another replica on the same database: its own `data_dir`
+    /// (under this env's directory) and node id.
+    pub fn replica_yaml(&self, yaml: &str, node: &str) -> String {
+        let own = self.dir.path().join(format!("data-{node}"));
+        let replaced = yaml.replace(
+            &format!("data_dir: \"{}\"", self.data_dir().display()),
+            &format!("data_dir: \"{}\"", own.display()),
+        );
+        assert_ne!(replaced, yaml, "the config names this env's data_dir");
+        format!("node_id: {node}\n{replaced}")
+    }
+
     pub async fn spawn_app(&self, yaml: &str) -> TestApp {
         let config = self.load_config(yaml);
         TestApp::spawn(config).await
