@@ -118,6 +118,8 @@ pub fn backend_address(base: &str, workspace: &str) -> String {
 /// `TF_HTTP_USERNAME` / `TF_HTTP_PASSWORD`, so they never land in a file in
 /// the checkout or in the saved plan).
 pub struct RunCredentials {
+    /// The workspace's state URL (also its lock and unlock URL).
+    pub address: String,
     pub username: String,
     pub password: SecretString,
 }
@@ -134,6 +136,12 @@ pub enum Access {
 
 /// Points a run's terraform at gantry's backend: writes [`OVERRIDE_FILE`]
 /// into `dir` and issues a read-only token (see [`run_credentials`]).
+///
+/// The file names only the backend type. Its address travels with the
+/// credentials, in the environment (`TF_HTTP_ADDRESS` …): a saved plan keeps
+/// the backend settings written in the configuration, so an address there
+/// would tie the plan to the replica that made it, while one from the
+/// environment is the applying replica's own.
 pub async fn configure_run(
     store: &Store,
     base: &str,
@@ -141,21 +149,19 @@ pub async fn configure_run(
     run_id: i64,
     dir: &Path,
 ) -> Result<RunCredentials, StateError> {
-    let address = backend_address(base, workspace);
-    let hcl = format!(
-        "# Written by gantry: this workspace's state is kept by gantry, behind\n\
-         # Terraform's http backend, with locking.\n\
-         terraform {{\n  backend \"http\" {{\n    address        = \"{address}\"\n    \
-         lock_address   = \"{address}\"\n    unlock_address = \"{address}\"\n  }}\n}}\n"
-    );
+    let hcl = "# Written by gantry: this workspace's state is kept by gantry, behind\n\
+               # Terraform's http backend, with locking. Its address and credentials\n\
+               # come from the environment of each run.\n\
+               terraform {\n  backend \"http\" {}\n}\n";
     tokio::fs::write(dir.join(OVERRIDE_FILE), hcl).await?;
-    run_credentials(store, workspace, run_id, Access::Read).await
+    run_credentials(store, base, workspace, run_id, Access::Read).await
 }
 
 /// Issues a token good for `workspace` while run `run_id` is active, with
-/// `access`. Only its sha256 is stored.
+/// `access`, for the backend at `base`. Only its sha256 is stored.
 pub async fn run_credentials(
     store: &Store,
+    base: &str,
     workspace: &str,
     run_id: i64,
     access: Access,
@@ -174,6 +180,7 @@ pub async fn run_credentials(
         )
         .await?;
     Ok(RunCredentials {
+        address: backend_address(base, workspace),
         username: format!("run-{run_id}"),
         password: SecretString::from(token),
     })

@@ -308,7 +308,15 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
 /// the token is in no file of the checkout and in no saved plan.
 fn backend_env_vars(creds: crate::state::RunCredentials) -> Vec<crate::runner::EnvVar> {
     use secrecy::ExposeSecret;
+    let address = |name: &str| crate::runner::EnvVar {
+        name: name.into(),
+        value: creds.address.clone(),
+        sensitive: false,
+    };
     vec![
+        address("TF_HTTP_ADDRESS"),
+        address("TF_HTTP_LOCK_ADDRESS"),
+        address("TF_HTTP_UNLOCK_ADDRESS"),
         crate::runner::EnvVar {
             name: "TF_HTTP_USERNAME".into(),
             value: creds.username,
@@ -747,8 +755,11 @@ async fn apply_phase(
     );
     if prepared.gantry_state {
         // Only the apply may write the state.
+        let config = ctx.config();
+        let base = crate::state::backend_base(&config, ctx.local_addr);
         let creds = crate::state::run_credentials(
             &ctx.store,
+            &base,
             &prepared.workspace.name,
             run.id,
             crate::state::Access::Write,

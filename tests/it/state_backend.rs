@@ -330,6 +330,7 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
         // A plan's token reads and locks; only an apply's writes.
         let writer = gantry::state::run_credentials(
             &app.ctx.store,
+            &base,
             "dns",
             run,
             gantry::state::Access::Write,
@@ -337,10 +338,12 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
         .await
         .unwrap();
         let writer = secrecy::ExposeSecret::expose_secret(&writer.password).to_string();
-        // The override file points at this backend and holds no secret.
+        // The override file names the backend and holds no secret; the
+        // address comes with the credentials.
         let hcl =
             std::fs::read_to_string(scratch.path().join(gantry::state::OVERRIDE_FILE)).unwrap();
-        assert!(hcl.contains(&app.url("/state/v1/dns")), "{hcl}");
+        assert!(hcl.contains("backend \"http\""), "{hcl}");
+        assert_eq!(creds.address, app.url("/state/v1/dns"));
         assert!(!hcl.contains(&token));
 
         assert_eq!(
