@@ -388,6 +388,8 @@ async fn cancel_run(
         )));
     }
     ctx.cancel_local_run(id);
+    // A queued or waiting run ends here; its status must say so.
+    crate::outbox::run_changed(&ctx, id).await;
     audit_run(&ctx, "cancel", &run, None).await?;
     Ok(Json(json!({"status": "cancel requested", "run": id})))
 }

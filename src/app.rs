@@ -30,9 +30,6 @@ pub const DRAIN_IN_FLIGHT: Duration = Duration::from_secs(10);
 
 pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// One lock per pull request: (provider id, repository, number).
-type CommentLocks = Mutex<HashMap<(String, String, i64), Arc<tokio::sync::Mutex<()>>>>;
-
 /// Shared by the HTTP handlers, the dispatcher and the workers.
 pub struct Ctx {
     pub config: SharedConfig,
@@ -47,8 +44,8 @@ pub struct Ctx {
     pub runs_queued: Notify,
     /// Wakes the dispatcher when an event was stored.
     pub events_stored: Notify,
-    /// Serializes comment updates per pull request in this process.
-    comment_locks: CommentLocks,
+    /// Wakes the outbox sender when a report was stored.
+    pub outbox_queued: Notify,
     /// Policy groups loaded by this process.
     pub policy_groups: crate::policy::groups::PolicyGroups,
     /// The sandbox terraform runs in; `None` only with `runner.sandbox: off`.
@@ -75,17 +72,6 @@ impl Ctx {
     /// The redactor for the current config: every way out goes through it.
     pub fn redactor(&self) -> Arc<Redactor> {
         self.redactor.load_full()
-    }
-
-    pub fn comment_lock(&self, provider: &str, repo: &str, pr: i64) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self
-            .comment_locks
-            .lock()
-            .expect("comment lock map poisoned");
-        locks
-            .entry((provider.to_string(), repo.to_string(), pr))
-            .or_default()
-            .clone()
     }
 
     pub fn register_run(&self, run_id: i64, cancel: CancellationToken) {
@@ -230,7 +216,7 @@ impl App {
             env,
             runs_queued: Notify::new(),
             events_stored: Notify::new(),
-            comment_locks: Mutex::default(),
+            outbox_queued: Notify::new(),
             running: Mutex::default(),
             sandbox,
             policy_groups: Default::default(),
@@ -279,6 +265,7 @@ impl App {
             tracing::warn!(run.id = run.id, workspace.name = %run.workspace, "run {} was interrupted (its lease expired)", run.id);
         }
         ctx.store.reap_events().await?;
+        ctx.store.reap_reports().await?;
 
         let mut tasks = JoinSet::new();
         tasks.spawn(crate::queue::dispatcher(ctx.clone()));
@@ -291,6 +278,7 @@ impl App {
             ctx.config.clone(),
             ctx.shutdown.clone(),
         ));
+        tasks.spawn(crate::outbox::sender(ctx.clone()));
         if self.watch_config {
             let watcher = crate::config::reload::watch(ctx.clone())?;
             tasks.spawn(async move {

@@ -18,6 +18,7 @@
 //! | [`runs`] | run state machine, dispatch and execution |
 //! | [`runner`] | `Runner`; terraform as a local subprocess |
 //! | [`report`] | status texts, the PR comment and its size limit |
+//! | [`outbox`] | reports as rows: delivered in order, by any replica, with backoff |
 //! | [`redact`] | keeping secrets out of logs and comments |
 //! | [`store`] | SQLite/PostgreSQL: migrations and queries |
 //! | [`retention`] | deleting old plans, logs, state versions, deliveries |
@@ -32,6 +33,7 @@ pub mod cost;
 pub mod drift;
 pub mod git;
 pub mod ingest;
+pub mod outbox;
 pub mod planner;
 pub mod policy;
 pub mod queue;

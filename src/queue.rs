@@ -131,6 +131,8 @@ pub async fn reaper(ctx: Arc<Ctx>) {
                 for r in &runs {
                     tracing::warn!(run.id = r.id, workspace.name = %r.workspace, "run {} lost its worker; marked interrupted", r.id);
                 }
+                // Their final statuses and comments were queued with their end.
+                crate::outbox::reports_queued(&ctx);
                 ctx.runs_queued.notify_one();
             }
             Ok(_) => {}
@@ -138,6 +140,9 @@ pub async fn reaper(ctx: Arc<Ctx>) {
         }
         if let Err(e) = ctx.store.reap_events().await {
             tracing::error!(error = %e, "reaping events failed");
+        }
+        if let Err(e) = ctx.store.reap_reports().await {
+            tracing::error!(error = %e, "reaping reports failed");
         }
     }
 }

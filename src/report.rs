@@ -24,6 +24,9 @@ pub fn is_terraform_failure(reason: Option<&str>) -> bool {
     reason.is_some_and(|r| r.starts_with("terraform ") || r.starts_with("apply refused"))
 }
 
+/// The reason of a run whose apply was cut off (the workspace is then locked).
+const INTERRUPTED_APPLY: &str = "interrupted during apply";
+
 /// The commit status that shows `run`'s current state.
 pub fn status_for(run: &Run, target_url: Option<String>) -> CommitStatus {
     let (state, description) = match run.state {
@@ -57,10 +60,13 @@ pub fn status_for(run: &Run, target_url: Option<String>) -> CommitStatus {
         ),
         RunState::Errored => (
             StatusState::Error,
-            format!(
-                "gantry error: {}",
-                first_line(run.state_reason.as_deref().unwrap_or("unknown"))
-            ),
+            match run.state_reason.as_deref() {
+                // Reaped after a crash: the reaper locked the workspace.
+                Some(r) if r.starts_with(INTERRUPTED_APPLY) && !r.contains("lock") => {
+                    format!("gantry error: {}: workspace locked", first_line(r))
+                }
+                reason => format!("gantry error: {}", first_line(reason.unwrap_or("unknown"))),
+            },
         ),
         RunState::Superseded => (
             StatusState::Error,
@@ -444,6 +450,13 @@ mod tests {
         assert_eq!(status_for(&e, None).state, StatusState::Failure);
         e.state_reason = Some("git fetch failed".into());
         assert_eq!(status_for(&e, None).state, StatusState::Error);
+        e.state_reason = Some("interrupted during apply".into());
+        let s = status_for(&e, None);
+        assert_eq!(s.state, StatusState::Error);
+        assert_eq!(
+            s.description,
+            "gantry error: interrupted during apply: workspace locked"
+        );
     }
 
     #[test]

@@ -218,9 +218,7 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
                 target_url: None,
                 pull_request: None,
             };
-            if let Err(e) = provider.set_status(&group.repo, &sha, &status).await {
-                tracing::warn!(error = %e, "reporting the broken policy group failed");
-            }
+            crate::outbox::post_status(ctx, &group.provider, &group.repo, &sha, status).await;
             Err(error)
         }
     }

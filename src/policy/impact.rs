@@ -13,7 +13,7 @@ use super::{EnforcementLevel, PolicySet};
 use crate::app::Ctx;
 use crate::config::{PolicyGroupConfig, Workspace};
 use crate::store::short_sha;
-use crate::vcs::{CommitStatus, PullRequestEvent, StatusState, VcsError};
+use crate::vcs::{CommitStatus, PullRequestEvent, StatusState};
 
 pub const MARKER: &str = "<!-- gantry:policy-impact -->";
 
@@ -179,19 +179,14 @@ pub async fn analyze(
     let proposed = match groups::load_at(ctx, group, &mirror, &pr.head_sha).await {
         Ok(set) => set,
         Err(error) => {
-            provider
-                .set_status(
-                    &pr.repo,
-                    &pr.head_sha,
-                    &status(
-                        StatusState::Failure,
-                        format!(
-                            "policies do not load: {}",
-                            error.lines().next().unwrap_or_default()
-                        ),
-                    ),
-                )
-                .await?;
+            let st = status(
+                StatusState::Failure,
+                format!(
+                    "policies do not load: {}",
+                    error.lines().next().unwrap_or_default()
+                ),
+            );
+            crate::outbox::post_status(ctx, provider_id, &pr.repo, &pr.head_sha, st).await;
             upsert(ctx, provider_id, pr, &format!("{MARKER}\n### gantry policy impact of `{}`\n\nThe policies in this pull request do not load:\n\n```\n{error}\n```\n", short_sha(&pr.head_sha))).await?;
             return Ok(());
         }
@@ -249,7 +244,7 @@ pub async fn analyze(
             ),
         )
     };
-    provider.set_status(&pr.repo, &pr.head_sha, &st).await?;
+    crate::outbox::post_status(ctx, provider_id, &pr.repo, &pr.head_sha, st).await;
     upsert(
         ctx,
         provider_id,
@@ -261,37 +256,23 @@ pub async fn analyze(
     Ok(())
 }
 
+/// Queues the PR's policy impact comment (through the outbox, like every report).
 async fn upsert(
     ctx: &Ctx,
     provider_id: &str,
     pr: &PullRequestEvent,
     body: &str,
 ) -> anyhow::Result<()> {
-    let Some(provider) = ctx.providers.load().get(provider_id) else {
-        return Ok(());
-    };
-    let slot = ctx
-        .store
-        .lock_pr_comment(provider_id, &pr.repo, pr.number, "policy-impact")
-        .await?;
-    let mut existing = slot.comment_id.clone();
-    if existing.is_none() {
-        existing = provider.find_comment(&pr.repo, pr.number, MARKER).await?;
-    }
-    let body = &format!("{body}{}", crate::report::footer(ctx.sandbox.is_some()));
-    let id = match existing {
-        Some(id) => match provider
-            .update_comment(&pr.repo, pr.number, &id, body)
-            .await
-        {
-            Ok(()) => id,
-            Err(VcsError::NotFound(_)) => {
-                provider.create_comment(&pr.repo, pr.number, body).await?
-            }
-            Err(e) => return Err(e.into()),
-        },
-        None => provider.create_comment(&pr.repo, pr.number, body).await?,
-    };
-    slot.finish(Some(&id)).await?;
+    let body = format!("{body}{}", crate::report::footer(ctx.sandbox.is_some()));
+    crate::outbox::put_comment(
+        ctx,
+        provider_id,
+        &pr.repo,
+        pr.number,
+        "policy-impact",
+        MARKER,
+        body,
+    )
+    .await;
     Ok(())
 }

@@ -400,7 +400,7 @@ where
         overridden.join(", ")
     ))
     .await?;
-    crate::runs::execute::refresh_pr_comment(ctx, provider.id(), &c.repo, c.pr_number, None).await;
+    crate::outbox::refresh_pr_comment(ctx, provider.id(), &c.repo, c.pr_number, None).await;
     Ok(Outcome::nothing(format!(
         "override on #{}: {}",
         c.pr_number,

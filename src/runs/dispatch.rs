@@ -171,14 +171,8 @@ async fn dispatch_claimed(ctx: &Ctx, event: EventRow, lease: &Lease) {
     // time), so they cannot arrive out of order; the comment shows the queue.
     if let Some((repo, pr, head)) = outcome.pr {
         let nothing_affected_at = created.is_empty().then_some(head.as_str());
-        crate::runs::execute::refresh_pr_comment(
-            ctx,
-            &event.provider_id,
-            &repo,
-            pr,
-            nothing_affected_at,
-        )
-        .await;
+        crate::outbox::refresh_pr_comment(ctx, &event.provider_id, &repo, pr, nothing_affected_at)
+            .await;
     }
 }
 

@@ -6,26 +6,22 @@
 //! nothing was applied to the workspace since that plan was made and the
 //! workspace is not locked.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{Ctx, DRAIN_IN_FLIGHT};
+use crate::app::Ctx;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::EnforcementLevel;
-use crate::report::{self, Section, COMMENT_MARKER};
 use crate::runner::{
     BackendConfig, JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError,
 };
 use crate::runs::artifacts::RunLog;
 use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
 use crate::runs::{Run, RunKind, RunState};
-use crate::store::{short_sha, Audit, Lease};
-use crate::vcs::{CommitStatus, VcsError};
+use crate::store::{Audit, Lease};
 
 /// A phase failure: the reason recorded on the run.
 struct Failure(String);
@@ -76,9 +72,9 @@ impl From<RunnerError> for Failure {
 pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     let ctx = &ctx;
     let started = std::time::Instant::now();
-    // Reports go out in the background, in order, so terraform never waits on the VCS API.
-    let reporter = RunReporter::spawn(ctx.clone(), run.id);
-    reporter.changed();
+    // Reports are outbox rows: terraform never waits on the VCS API.
+    let reporter = RunReporter { run_id: run.id };
+    reporter.changed(ctx).await;
 
     let cancel = ctx.stop_runs.child_token();
     ctx.register_run(run.id, cancel.clone());
@@ -130,8 +126,7 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
                         "run {} handed back to the queue: this replica is shutting down",
                         run.id
                     );
-                    reporter.changed();
-                    reporter.finish().await;
+                    reporter.changed(ctx).await;
                     return;
                 }
                 Ok(false) if cancel.is_cancelled() && !ctx.stop_runs.is_cancelled() => {
@@ -150,7 +145,6 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
                     if let Err(e) = ctx.store.expire_lease(&lease).await {
                         tracing::warn!(error = %e, "releasing the lease of run {} failed", run.id);
                     }
-                    reporter.finish().await;
                     return;
                 }
             }
@@ -177,8 +171,7 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     if let Ok(Some(done)) = ctx.store.run(run.id).await {
         tracing::info!(state = %done.state, duration_ms = started.elapsed().as_millis() as u64, "run {} finished: {}", run.id, done.state);
     }
-    reporter.changed();
-    reporter.finish().await;
+    reporter.changed(ctx).await;
 }
 
 fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
@@ -352,7 +345,7 @@ async fn start_planning(
     {
         return Err(Failure("run changed state while fetching".into()));
     }
-    reporter.changed();
+    reporter.changed(ctx).await;
     Ok(prepared)
 }
 
@@ -537,13 +530,7 @@ async fn drift_run(
         .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
         .await?;
     if let Some(notify) = &prepared.workspace.drift_notify {
-        if let Err(e) = notify_drift(ctx, &prepared.workspace, run, &report, notify).await {
-            tracing::warn!(
-                run.id = run.id,
-                "drift notification for {} failed: {e:#}",
-                run.workspace
-            );
-        }
+        crate::outbox::notify_drift(ctx, &prepared.workspace, run, &report, notify).await;
     }
     ctx.store
         .record_plan(run.id, plan.summary, None, None)
@@ -564,98 +551,6 @@ async fn drift_run(
             Some(&reason),
         )
         .await?;
-    Ok(())
-}
-
-/// The text of a drift notification.
-fn drift_text(ws: &Workspace, run: &Run, report: &crate::drift::DriftReport) -> String {
-    if !report.drifted {
-        return format!(
-            "No drift in workspace `{}` any more (run {}, commit {}).",
-            ws.name,
-            run.id,
-            short_sha(&run.head_sha)
-        );
-    }
-    let mut text = format!(
-        "Drift detected in workspace `{}` ({} resources differ; run {}, commit {} of {}):\n",
-        ws.name,
-        report.resources.len(),
-        run.id,
-        short_sha(&run.head_sha),
-        ws.branch
-    );
-    for r in report.resources.iter().take(50) {
-        text.push_str(&format!(
-            "- `{}` ({}): {}\n",
-            r.address,
-            r.actions.join(", "),
-            r.changed_attributes.join(", ")
-        ));
-    }
-    text
-}
-
-/// Reports a drift check: the workspace's drift issue is opened, updated or
-/// closed; or the report is POSTed to the webhook (on drift only).
-async fn notify_drift(
-    ctx: &Ctx,
-    ws: &Workspace,
-    run: &Run,
-    report: &crate::drift::DriftReport,
-    notify: &crate::drift::DriftNotify,
-) -> anyhow::Result<()> {
-    let text = drift_text(ws, run, report);
-    match notify {
-        crate::drift::DriftNotify::Issue => {
-            let provider = ctx
-                .providers
-                .load()
-                .get(&ws.provider)
-                .ok_or_else(|| anyhow::anyhow!("provider gone"))?;
-            let open = ctx.store.drift_issue(&ws.name).await?;
-            match (report.drifted, open) {
-                (true, Some((repo, number))) => {
-                    provider.update_issue(&repo, number, &text, false).await?
-                }
-                (true, None) => {
-                    let title = format!("Drift detected in workspace {}", ws.name);
-                    let number = provider.create_issue(&ws.repo, &title, &text).await?;
-                    ctx.store
-                        .set_drift_issue(&ws.name, &ws.repo, number)
-                        .await?;
-                }
-                (false, Some((repo, number))) => {
-                    provider.update_issue(&repo, number, &text, true).await?;
-                    ctx.store.clear_drift_issue(&ws.name).await?;
-                }
-                (false, None) => {}
-            }
-        }
-        crate::drift::DriftNotify::Webhook(url) => {
-            if report.drifted {
-                let body = serde_json::json!({
-                    "text": text,
-                    "workspace": ws.name,
-                    "environment": ws.environment,
-                    "drifted": true,
-                    "run_id": run.id,
-                    "commit_sha": run.head_sha,
-                    "resources": report.resources,
-                });
-                // The way out goes through the redactor, like every report.
-                let body = ctx.redactor().redact(&body.to_string());
-                reqwest::Client::new()
-                    .post(url)
-                    .timeout(std::time::Duration::from_secs(10))
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(body)
-                    .send()
-                    .await?
-                    .error_for_status()?;
-            }
-        }
-    }
     Ok(())
 }
 
@@ -850,7 +745,7 @@ async fn apply_phase(
     {
         return Err(Failure("run changed state before applying".into()));
     }
-    reporter.changed();
+    reporter.changed(ctx).await;
     let mut job = job_spec(
         &ctx.config(),
         &prepared.workspace,
@@ -995,238 +890,15 @@ async fn refuse_tampered_plan(ctx: &Ctx, run: &Run, expected: &str, actual: &str
     Failure(format!("apply refused: {reason}"))
 }
 
-/// Posts a run's status and refreshes its comments whenever its state
-/// changes, one report at a time and in order; bursts of changes are coalesced
-/// and an unchanged status is not posted again.
+/// Reports the run's state whenever it changes, through the outbox: the
+/// status and comment rows are stored before the worker goes on.
 struct RunReporter {
-    tx: mpsc::UnboundedSender<()>,
-    task: tokio::task::JoinHandle<()>,
     run_id: i64,
-    draining: CancellationToken,
 }
 
 impl RunReporter {
-    fn spawn(ctx: Arc<Ctx>, run_id: i64) -> RunReporter {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
-        let draining = ctx.shutdown.clone();
-        let task = tokio::spawn(async move {
-            let mut last_status = None;
-            let mut merged_pr: HashMap<String, Option<i64>> = HashMap::new();
-            while rx.recv().await.is_some() {
-                while rx.try_recv().is_ok() {}
-                let run = match ctx.store.run(run_id).await {
-                    Ok(Some(run)) => run,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        tracing::warn!(run.id = run_id, error = %e, "reading run {run_id} for its report failed");
-                        continue;
-                    }
-                };
-                let status = report::status_for(&run, ctx.run_url(run.id));
-                // Drift checks report through their drift report, not commit statuses.
-                if run.kind != RunKind::Drift && last_status.as_ref() != Some(&status) {
-                    post_status(&ctx, &run, &status).await;
-                    last_status = Some(status);
-                }
-                if let Some(pr) = run.pr_number {
-                    refresh_pr_comment(&ctx, &run.provider_id, &run.repo, pr, None).await;
-                } else if run.kind == RunKind::Apply && run.state.is_terminal() {
-                    // A merge: the merged pull request hears how the apply went.
-                    if !merged_pr.contains_key(&run.head_sha) {
-                        let pr = find_merged_pr(&ctx, &run).await;
-                        merged_pr.insert(run.head_sha.clone(), pr);
-                    }
-                    if let Some(Some(pr)) = merged_pr.get(&run.head_sha) {
-                        refresh_apply_comment(&ctx, &run, *pr).await;
-                    }
-                }
-            }
-        });
-        RunReporter {
-            tx,
-            task,
-            run_id,
-            draining,
-        }
+    /// The run's state changed: queue its reports.
+    async fn changed(&self, ctx: &Ctx) {
+        crate::outbox::run_changed(ctx, self.run_id).await;
     }
-
-    /// The run's state changed: report it.
-    fn changed(&self) {
-        let _ = self.tx.send(());
-    }
-
-    /// Waits until every change so far is reported; while the replica
-    /// drains, at most [`DRAIN_IN_FLIGHT`]: a shutdown never waits on VCS
-    /// retries (what is not reported by then is abandoned).
-    async fn finish(self) {
-        drop(self.tx);
-        let mut task = self.task;
-        let abandon = async {
-            self.draining.cancelled().await;
-            tokio::time::sleep(DRAIN_IN_FLIGHT).await;
-        };
-        tokio::select! {
-            done = &mut task => if let Err(e) = done {
-                tracing::error!(error = %e, "run reporter failed");
-            },
-            _ = abandon => {
-                tracing::warn!(run.id = self.run_id, "reports of run {} abandoned: shutting down", self.run_id);
-                task.abort();
-            }
-        }
-    }
-}
-
-/// Posts a commit status for the run. Failures are logged: a status is a
-/// report, not part of the run.
-async fn post_status(ctx: &Ctx, run: &Run, status: &CommitStatus) {
-    let Some(provider) = ctx.providers.load().get(&run.provider_id) else {
-        return;
-    };
-    if let Err(e) = provider.set_status(&run.repo, &run.head_sha, status).await {
-        tracing::warn!(run.id = run.id, error = %e, "posting status {} for run {} failed", status.context, run.id);
-    }
-}
-
-async fn find_merged_pr(ctx: &Ctx, run: &Run) -> Option<i64> {
-    let provider = ctx.providers.load().get(&run.provider_id)?;
-    match provider
-        .pull_request_for_commit(&run.repo, &run.head_sha)
-        .await
-    {
-        Ok(pr) => pr,
-        Err(e) => {
-            tracing::warn!(run.id = run.id, error = %e, "finding the pull request of {} failed", short_sha(&run.head_sha));
-            None
-        }
-    }
-}
-
-/// Re-renders the PR's one gantry comment from the runs of its newest head and
-/// edits it in place (creating it the first time). `nothing_affected_at` is a
-/// newest head that affects no workspace: an existing comment says so, and a PR
-/// without a comment gets none.
-pub async fn refresh_pr_comment(
-    ctx: &Ctx,
-    provider_id: &str,
-    repo: &str,
-    pr: i64,
-    nothing_affected_at: Option<&str>,
-) {
-    let result = upsert_comment(
-        ctx,
-        provider_id,
-        repo,
-        pr,
-        "plan",
-        nothing_affected_at.is_some(),
-        || async {
-            match nothing_affected_at {
-                Some(sha) => Ok(Some((sha.to_string(), Vec::new()))),
-                None => Ok(ctx.store.pr_head_runs(provider_id, repo, pr).await?),
-            }
-        },
-    )
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "updating the comment on {repo}#{pr} failed");
-    }
-}
-
-/// The merged PR's comment on the applies of its merge commit.
-async fn refresh_apply_comment(ctx: &Ctx, run: &Run, pr: i64) {
-    let kind = format!("apply:{}", run.head_sha);
-    let result = upsert_comment(
-        ctx,
-        &run.provider_id,
-        &run.repo,
-        pr,
-        &kind,
-        false,
-        || async {
-            let runs = ctx
-                .store
-                .commit_runs(&run.provider_id, &run.repo, &run.head_sha, RunKind::Apply)
-                .await?;
-            Ok(Some((run.head_sha.clone(), runs)))
-        },
-    )
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "updating the apply comment on {}#{pr} failed", run.repo);
-    }
-}
-
-/// Renders (once the comment slot is held, so the newest state lands last) and
-/// creates or edits one gantry comment of `kind` on a pull request.
-async fn upsert_comment<F, Fut>(
-    ctx: &Ctx,
-    provider_id: &str,
-    repo: &str,
-    pr: i64,
-    kind: &str,
-    only_if_exists: bool,
-    runs: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<(String, Vec<Run>)>>>,
-{
-    let Some(provider) = ctx.providers.load().get(provider_id) else {
-        return Ok(());
-    };
-    // In-process first, so local refreshes queue here instead of on a database connection.
-    let lock = ctx.comment_lock(provider_id, repo, pr);
-    let _guard = lock.lock().await;
-    let slot = ctx
-        .store
-        .lock_pr_comment(provider_id, repo, pr, kind)
-        .await?;
-    let Some((head, runs)) = runs().await? else {
-        return Ok(());
-    };
-    let mut sections = Vec::with_capacity(runs.len());
-    for run in &runs {
-        let output = match run.state {
-            RunState::Applied | RunState::Applying => ctx.store.apply_text(run.id).await?,
-            RunState::Errored
-                if run
-                    .state_reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("terraform apply")) =>
-            {
-                ctx.store.apply_text(run.id).await?
-            }
-            RunState::Planned | RunState::NeedsConfirmation | RunState::Errored => {
-                ctx.store.plan_text(run.id).await?
-            }
-            _ => None,
-        };
-        let lock = ctx.store.workspace_lock(&run.workspace).await?;
-        sections.push(Section { run, output, lock });
-    }
-    let marker = if kind == "plan" {
-        COMMENT_MARKER.to_string()
-    } else {
-        report::apply_marker(&head)
-    };
-    let footer = report::footer(ctx.sandbox.is_some());
-    let limit = provider.comment_limit().saturating_sub(footer.len());
-    let body = report::render_comment(&head, &sections, limit, &marker) + &footer;
-    let mut existing = slot.comment_id.clone();
-    if existing.is_none() {
-        existing = provider.find_comment(repo, pr, &marker).await?;
-    }
-    let id = match existing {
-        Some(id) => match provider.update_comment(repo, pr, &id, &body).await {
-            Ok(()) => Some(id),
-            // Someone deleted it: start a new one.
-            Err(VcsError::NotFound(_)) => Some(provider.create_comment(repo, pr, &body).await?),
-            Err(e) => return Err(e.into()),
-        },
-        None if only_if_exists => None,
-        None => Some(provider.create_comment(repo, pr, &body).await?),
-    };
-    slot.finish(id.as_deref()).await?;
-    Ok(())
 }

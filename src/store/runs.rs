@@ -530,6 +530,8 @@ impl Store {
             let run = run_from_row(row)?;
             let reason = run.state_reason.clone().unwrap_or_default();
             insert_transition(&mut tx, run.id, "errored", Some(&reason), now).await?;
+            // Its final status and comment, committed with its end.
+            super::outbox::enqueue_run_report(&mut tx, &run, now).await?;
             if reason == "interrupted during apply" {
                 // Nobody knows what the apply changed: stop further applies until a person looks.
                 sqlx::query(

@@ -13,6 +13,7 @@ mod drift;
 mod github_app;
 mod ingest;
 mod leases;
+mod outbox;
 mod policy;
 mod policy_sets;
 mod pr_checks;

@@ -279,7 +279,11 @@ async fn pr_checks_report_policies_and_a_broken_policy_fails_the_check() {
         .refname_to_id("refs/heads/main")
         .unwrap()
         .to_string();
-    let group_status = env.github.statuses(&policy_sha);
+    let group_status = wait_until(Duration::from_secs(30), || async {
+        let st = env.github.statuses(&policy_sha);
+        (!st.is_empty()).then_some(st)
+    })
+    .await;
     assert_eq!(group_status[0]["context"], "gantry/policy-group");
     assert_eq!(group_status[0]["state"], "error");
 
@@ -334,10 +338,12 @@ async fn pr_checks_report_policies_and_a_broken_policy_fails_the_check() {
     app.send_webhook("push", "policy-push-2", &serde_json::to_vec(&push).unwrap())
         .await;
     app.wait_for_dispatch().await;
-    assert_eq!(
-        env.github.statuses(&broken.to_string())[0]["state"],
-        "error"
-    );
+    // Through the outbox: delivered just after the dispatch.
+    let broken_status = wait_until(Duration::from_secs(30), || async {
+        env.github.statuses(&broken.to_string()).first().cloned()
+    })
+    .await;
+    assert_eq!(broken_status["state"], "error");
     assert_eq!(
         app.ctx.policy_groups.get("baseline").unwrap().sha,
         fixed.to_string()
@@ -527,7 +533,12 @@ async fn a_policy_pull_request_gets_an_impact_table_and_status() {
         comment.contains("2 workspaces evaluated against their latest plan; 1 change outcome."),
         "{comment}"
     );
-    let status = env.github.statuses(&head.to_string());
+    // Reports go out through the outbox: the status may land just after the comment.
+    let status = wait_until(Duration::from_secs(30), || async {
+        let st = env.github.statuses(&head.to_string());
+        (!st.is_empty()).then_some(st)
+    })
+    .await;
     assert_eq!(status[0]["context"], "gantry/policy-impact");
     assert_eq!(status[0]["state"], "failure");
     assert_eq!(

@@ -126,6 +126,14 @@ async fn killed_mid_queue_then_restarted_completes_every_run() {
             (runs.len() == 4 && finished).then_some(runs)
         })
         .await;
+        // No status left pending: each workspace's last status is its plan's
+        // (delivered by this process, so before it is killed).
+        for ws in ["app", "dns", "network"] {
+            let last = env
+                .wait_for_final_status(&head.to_string(), &format!("gantry/{ws}"))
+                .await;
+            assert_eq!(last["state"], "success", "{db:?} {ws}: {last}");
+        }
         child.kill().unwrap();
         child.wait().unwrap();
 
@@ -218,6 +226,15 @@ async fn an_apply_killed_midway_locks_the_workspace_and_is_not_retried() {
         })
         .await;
         assert_eq!(run["state_reason"], "interrupted during apply", "{db:?}");
+        // Its "Applying…" status is not left pending.
+        let last = env
+            .wait_for_final_status(&merged.to_string(), "gantry/dns")
+            .await;
+        assert_eq!(last["state"], "error", "{db:?}: {last}");
+        assert_eq!(
+            last["description"],
+            "gantry error: interrupted during apply: workspace locked"
+        );
         let ws: Value = client
             .get(format!("{base_url}/api/workspaces"))
             .bearer_auth(API_TOKEN)

@@ -36,6 +36,30 @@ struct State_ {
     permissions: BTreeMap<String, String>,
     /// (path fragment, delay): requests whose path contains the fragment are answered that late
     delays: Vec<(String, std::time::Duration)>,
+    /// An outage: every request is answered 503 (and not recorded).
+    down: bool,
+    /// Requests answered 503 during outages.
+    refused: usize,
+}
+
+/// Answers 503 while the fake is down, as GitHub does in an outage.
+async fn outage(
+    State(state): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    {
+        let mut s = state.lock().unwrap();
+        if s.down {
+            s.refused += 1;
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"message": "Service Unavailable"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 #[derive(Clone)]
@@ -545,6 +569,7 @@ impl FakeGitHub {
                     Json(json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"})),
                 )
             })
+            .layer(axum::middleware::from_fn_with_state(state.clone(), outage))
             .layer(axum::middleware::from_fn_with_state(state.clone(), delayed))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -604,6 +629,16 @@ impl FakeGitHub {
             .iter()
             .filter(|r| r.method == method && r.path.contains(path_contains))
             .count()
+    }
+
+    /// Starts (`true`) or ends an outage: every request answered 503.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    /// How many requests were answered 503 during outages.
+    pub fn refused(&self) -> usize {
+        self.state.lock().unwrap().refused
     }
 
     pub fn delete_all_comments(&self) {
