@@ -26,8 +26,6 @@ use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, NewReport, ReportRow, StoreError};
 use crate::vcs::{CommitStatus, StatusState, VcsError};
 
-/// How long a sender holds a claimed report; a delivery is cut off well before.
-const LEASE: Duration = Duration::from_secs(120);
 /// One delivery (with the provider client's own retries) may take this long.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_secs(1);
@@ -355,12 +353,15 @@ pub async fn sender(ctx: Arc<Ctx>) {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = ctx.shutdown.cancelled() => break,
         };
-        let node = ctx.config().node_id.clone();
-        match ctx.store.claim_report(&node, LEASE).await {
+        let (node, lease) = {
+            let config = ctx.config();
+            (config.node_id.clone(), config.queue.lease)
+        };
+        match ctx.store.claim_report(&node, lease).await {
             Ok(Some(row)) => {
                 let ctx = ctx.clone();
                 running.spawn(async move {
-                    deliver_row(&ctx, row, &node).await;
+                    deliver_row(&ctx, row, &node, lease).await;
                     drop(permit);
                 });
                 continue;
@@ -401,16 +402,40 @@ pub async fn sender(ctx: Arc<Ctx>) {
     }
 }
 
-/// Delivers one claimed row and records how it went.
-async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str) {
-    let result = match serde_json::from_str::<Report>(&row.payload) {
-        Ok(report) => {
-            match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(ctx, &row, &report)).await {
-                Ok(r) => r,
-                Err(_) => Err(DeliveryError::TimedOut),
+/// Delivers one claimed row and records how it went. The claim's lease (the
+/// queue's) is renewed while the delivery lasts, so the report of a sender
+/// that died is taken over within one lease, not after the delivery timeout.
+async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str, lease: Duration) {
+    let delivery = async {
+        match serde_json::from_str::<Report>(&row.payload) {
+            Ok(report) => {
+                match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(ctx, &row, &report)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(DeliveryError::TimedOut),
+                }
+            }
+            Err(e) => Err(DeliveryError::Gone(format!("unreadable report: {e}"))),
+        }
+    };
+    let renew = async {
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match ctx.store.renew_report(row.id, node, lease).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    report.id = row.id,
+                    "report {} was taken back from this sender",
+                    row.id
+                ),
+                Err(e) => {
+                    tracing::warn!(report.id = row.id, error = %e, "renewing the lease of report {} failed", row.id)
+                }
             }
         }
-        Err(e) => Err(DeliveryError::Gone(format!("unreadable report: {e}"))),
+    };
+    let result = tokio::select! {
+        r = delivery => r,
+        never = renew => never,
     };
     let recorded = match &result {
         Ok(()) => {

@@ -234,6 +234,21 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Extends `node`'s lease on a report it is delivering. False when it no
+    /// longer holds it.
+    pub async fn renew_report(&self, id: i64, node: &str, lease: Duration) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_until = $3
+             WHERE id = $1 AND claimed_by = $2 AND state = 'sending'",
+        )
+        .bind(id)
+        .bind(node)
+        .bind(now_ms() + lease.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Puts a claimed report back to pending, due again after `delay`.
     pub async fn retry_report(
         &self,

@@ -151,6 +151,23 @@ async fn kinds(app: &TestApp, id: i64) -> Vec<String> {
         .unwrap()
 }
 
+/// Waits until run `id`'s log is folded into its artifact (the log is
+/// finished just after the run's last state is recorded) and no chunk is
+/// left, then returns the run's artifact kinds.
+async fn folded_kinds(app: &TestApp, id: i64) -> Vec<String> {
+    wait_until(Duration::from_secs(20), || async {
+        let chunks: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM run_log_chunks WHERE run_id = $1")
+                .bind(id)
+                .fetch_one(app.ctx.store.pool())
+                .await
+                .unwrap();
+        let kinds = kinds(app, id).await;
+        (chunks == 0 && kinds.iter().any(|k| k == "log")).then_some(kinds)
+    })
+    .await
+}
+
 /// Everything stored is older than any retention keeps it.
 async fn age_everything(app: &TestApp) {
     for table in ["run_artifacts", "run_log_chunks"] {
@@ -184,8 +201,8 @@ async fn retention_deletes_old_plans_but_keeps_what_a_pr_and_a_confirmation_need
         .as_i64()
         .unwrap();
     let all = ["log", "plan_file", "plan_json"];
-    assert_eq!(kinds(&app, waiting).await, all);
-    assert_eq!(kinds(&app, pr_run).await, all);
+    assert_eq!(folded_kinds(&app, waiting).await, all);
+    assert_eq!(folded_kinds(&app, pr_run).await, all);
 
     age_everything(&app).await;
     gantry::retention::pass(&app.ctx.store, &app.ctx.config()).await;
@@ -203,6 +220,18 @@ async fn retention_deletes_old_plans_but_keeps_what_a_pr_and_a_confirmation_need
     // Once applied, the merge's plan is only old data.
     post(&app, &format!("/api/runs/{waiting}/apply"), json!({})).await;
     wait_state(&app, waiting, "applied").await;
+    // The apply's log is folded again, now with the apply's output.
+    wait_until(Duration::from_secs(20), || async {
+        let chunks: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM run_log_chunks WHERE run_id = $1")
+                .bind(waiting)
+                .fetch_one(app.ctx.store.pool())
+                .await
+                .unwrap();
+        let log = log_of(&app, waiting).await;
+        (chunks == 0 && log.contains("Apply complete")).then_some(())
+    })
+    .await;
     age_everything(&app).await;
     gantry::retention::pass(&app.ctx.store, &app.ctx.config()).await;
     assert!(kinds(&app, waiting).await.is_empty());

@@ -5,6 +5,7 @@ mod support;
 
 mod apply;
 mod artifacts;
+mod burst;
 mod cli;
 mod commands;
 mod drain;

@@ -272,6 +272,11 @@ async fn the_store_delivers_one_report_per_key_at_a_time_and_never_an_older_stat
         assert_eq!(store.reap_reports().await.unwrap(), 1);
         let taken = store.claim_report("n1", lease).await.unwrap().unwrap();
         assert_eq!(taken.id, held.id);
+        // The dead sender's lease is gone: it cannot renew; the holder renews,
+        // and a renewed report is not reaped.
+        assert!(!store.renew_report(taken.id, "dead", lease).await.unwrap());
+        assert!(store.renew_report(taken.id, "n1", lease).await.unwrap());
+        assert_eq!(store.reap_reports().await.unwrap(), 0);
         store.close().await;
     }
 }
