@@ -1,7 +1,7 @@
 //! Cost estimation: the monthly cost of a plan's resources before and after the
-//! change, from the pricing [`catalog`]. Reads `terraform show -json` output
-//! (`resource_changes[].change.before/after`, each `count`/`for_each`
-//! instance on its own). Attributes unknown until apply are priced from the
+//! change, from the pricing [`Catalog`] (part of the configuration). Reads
+//! `terraform show -json` output (`resource_changes[].change.before/after`,
+//! each `count`/`for_each` instance on its own). Attributes unknown until apply are priced from the
 //! configuration when it holds a constant; anything gantry cannot price is
 //! listed in `unpriced` with the reason, never counted as zero.
 //!
@@ -9,15 +9,13 @@
 //! `proposed_monthly_cost`, `delta_monthly_cost`), the shape policies see as
 //! `tfrun.cost_estimate`.
 
-pub mod catalog;
-
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use catalog::Catalog;
-use catalog::{Cloud, Component, Entry, Prices, Unit, HOURS_PER_MONTH};
+pub use crate::config::pricing::Catalog;
+use crate::config::pricing::{Cloud, Component, Entry, Prices, Unit, HOURS_PER_MONTH};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CostEstimate {
