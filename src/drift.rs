@@ -32,6 +32,12 @@ pub struct DriftReport {
     pub resources: Vec<DriftedResource>,
 }
 
+impl crate::store::DriftRecord for DriftReport {
+    fn drifted(&self) -> bool {
+        self.drifted
+    }
+}
+
 fn changed_attributes(change: &Value) -> Vec<String> {
     let empty = serde_json::Map::new();
     let before = change

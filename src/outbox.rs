@@ -22,8 +22,8 @@ use tokio::task::JoinSet;
 use crate::app::{Ctx, DRAIN_IN_FLIGHT};
 use crate::config::Workspace;
 use crate::report::{self, Section, COMMENT_MARKER};
-use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, NewReport, ReportRow, StoreError};
+use crate::store::{Run, RunKind, RunState};
 use crate::vcs::{CommitStatus, StatusState, VcsError};
 
 /// How long a sender holds a claimed report; a delivery is cut off well before.
