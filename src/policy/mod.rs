@@ -11,6 +11,7 @@
 pub mod groups;
 pub mod impact;
 pub mod testing;
+pub mod tfrun;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
