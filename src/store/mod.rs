@@ -5,6 +5,10 @@
 //! `RETURNING`, `ON CONFLICT`); the few that differ branch on [`Backend`].
 //! Timestamps are Unix milliseconds (`BIGINT`).
 //!
+//! The bottom layer: it imports no domain module. What it persists comes in as
+//! its own types ([`records`]: runs and the cost estimates on them;
+//! [`policy_checks`]) or, for drift reports, as a [`DriftRecord`] kept as JSON.
+//!
 //! SQLite rule: a transaction's first statement is a write, so it takes the write
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
