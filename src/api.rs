@@ -569,7 +569,7 @@ async fn override_policy(
 fn drift_view(e: &crate::store::DriftEntry) -> serde_json::Value {
     json!({
         "workspace": e.workspace, "run_id": e.run_id, "commit_sha": e.commit_sha, "drifted": e.drifted,
-        "mode": e.report.mode, "resources": e.report.resources, "checked_at": rfc3339(e.created_at)
+        "mode": e.report["mode"], "resources": e.report["resources"], "checked_at": rfc3339(e.created_at)
     })
 }
 

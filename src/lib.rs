@@ -9,20 +9,34 @@
 //!
 //! | module | owns |
 //! | --- | --- |
-//! | [`config`] | config file: load, validate, hot reload |
+//! | [`config`] | config file: load, validate, hot reload; the pricing catalog and drift settings it names |
 //! | [`vcs`] | `VcsProvider`; GitHub, GitLab, Bitbucket Cloud and Azure DevOps webhooks, statuses, comments |
+//! | [`commands`] | `/gantry …` comment commands |
 //! | [`ingest`] | `POST /webhooks/{provider}` |
 //! | [`git`] | mirror cache, diffs, checkouts |
 //! | [`planner`] | affected workspaces (paths, globs, local module graph) |
 //! | [`queue`] | dispatcher, worker pool, reaper |
 //! | [`runs`] | run state machine, dispatch and execution |
 //! | [`runner`] | `Runner`; terraform as a local subprocess |
+//! | [`policy`] | OPA evaluation, policy groups, the `tfrun` input, impact analysis |
+//! | [`cost`] | cost estimates of plans |
+//! | [`drift`] | drift reports |
 //! | [`report`] | status texts, the PR comment and its size limit |
 //! | [`outbox`] | reports as rows: delivered in order, by any replica, with backoff |
+//! | [`state`] | gantry-kept state and Terraform's `http` backend |
 //! | [`redact`] | keeping secrets out of logs and comments |
-//! | [`store`] | SQLite/PostgreSQL: migrations and queries |
+//! | [`telemetry`] | logging setup |
+//! | [`store`] | SQLite/PostgreSQL: migrations, queries, and the records it keeps (runs, cost estimates, policy checks) |
 //! | [`retention`] | deleting old plans, logs, state versions, deliveries |
 //! | [`api`] | REST API, health |
+//!
+//! The modules form layers, each importing only from layers below it and never
+//! in a circle: `cli` → `app` → `api`/`queue` → `ingest` → `runs` → `policy` →
+//! `outbox` → `report` → `git`/`runner`/`state` →
+//! `vcs`/`cost`/`drift`/`planner`/`retention`/`telemetry` →
+//! `store`/`config`/`commands` → `redact`. `tests/layers.rs` checks it; the
+//! store imports no domain module, so the types it persists are its own
+//! (`runs`, `cost` and `policy` re-export them).
 
 pub mod api;
 pub mod app;

@@ -22,8 +22,8 @@ use tokio::task::JoinSet;
 use crate::app::{Ctx, DRAIN_IN_FLIGHT};
 use crate::config::Workspace;
 use crate::report::{self, Section, COMMENT_MARKER};
-use crate::runs::{Run, RunKind, RunState};
 use crate::store::{short_sha, NewReport, ReportRow, StoreError};
+use crate::store::{Run, RunKind, RunState};
 use crate::vcs::{CommitStatus, StatusState, VcsError};
 
 /// One delivery (with the provider client's own retries) may take this long.
@@ -276,17 +276,17 @@ pub async fn notify_drift(
     ws: &Workspace,
     run: &Run,
     report: &crate::drift::DriftReport,
-    notify: &crate::drift::DriftNotify,
+    notify: &crate::config::drift::DriftNotify,
 ) {
     let text = drift_text(ws, run, report);
     let out = match notify {
-        crate::drift::DriftNotify::Issue => Report::DriftIssue {
+        crate::config::drift::DriftNotify::Issue => Report::DriftIssue {
             workspace: ws.name.clone(),
             title: format!("Drift detected in workspace {}", ws.name),
             text,
             drifted: report.drifted,
         },
-        crate::drift::DriftNotify::Webhook(_) => {
+        crate::config::drift::DriftNotify::Webhook(_) => {
             if !report.drifted {
                 return;
             }
@@ -653,7 +653,7 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
                 .workspace(workspace)
                 .and_then(|w| w.drift_notify.as_ref())
             {
-                Some(crate::drift::DriftNotify::Webhook(url)) => url.clone(),
+                Some(crate::config::drift::DriftNotify::Webhook(url)) => url.clone(),
                 _ => {
                     return Err(DeliveryError::Gone(format!(
                         "workspace {workspace} no longer has a drift webhook"

@@ -184,7 +184,7 @@ mod tests {
             auto_apply: false,
             workflow: crate::config::Workflow::ApplyOnMerge,
             apply_requirements: Vec::new(),
-            drift_mode: crate::drift::DriftMode::RefreshOnly,
+            drift_mode: crate::config::drift::DriftMode::RefreshOnly,
             drift_schedule: None,
             drift_notify: None,
         }

@@ -9,6 +9,9 @@
 //! - [`global`] / [`set_global`]: the process-wide redactor the log writer
 //!   (`telemetry`) and the API response layer (`api`) use; the app sets it from
 //!   the config at build and on every reload.
+//!
+//! The bottom layer: it imports no other module of gantry (the redactor of a
+//! configuration, `Redactor::for_config`, is built in `config`).
 
 use std::borrow::Cow;
 use std::collections::BTreeSet;
@@ -20,8 +23,6 @@ use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-
-use crate::config::Config;
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
@@ -69,13 +70,6 @@ impl Redactor {
         let mut r = Redactor::default();
         r.extend(secrets.iter().map(|s| s.expose_secret()));
         r
-    }
-
-    /// Every secret a configuration holds (`Config::secret_values`): gantry's
-    /// own, and every sensitive variable at every scope, which includes the
-    /// secret-looking `terraform.pass_env` and `terraform.env` values.
-    pub fn for_config(config: &Config) -> Redactor {
-        Redactor::new(&config.secret_values())
     }
 
     /// Registers one secret and its encodings.

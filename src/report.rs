@@ -2,8 +2,8 @@
 //! comment (markdown), kept under the provider's size limit by truncating plan
 //! output per workspace, never the summary table.
 
-use crate::runs::{Run, RunState};
 use crate::store::short_sha;
+use crate::store::{Run, RunState};
 use crate::vcs::{CommitStatus, StatusState};
 
 /// Marks gantry's comment so it can be found again.
@@ -83,11 +83,12 @@ pub fn status_for(run: &Run, target_url: Option<String>) -> CommitStatus {
     // Policies: a mandatory failure fails the check; advisory ones only say so.
     let (state, description) = match (&run.policy, run.state) {
         (Some(checks), RunState::Planned | RunState::NeedsConfirmation | RunState::Applied) => {
-            match crate::policy::groups::summary(checks) {
+            match crate::store::policy_checks::summary(checks) {
                 Some(summary) => {
                     let state = match run.policy_verdict() {
-                        crate::policy::groups::Verdict::HardBlocked
-                        | crate::policy::groups::Verdict::SoftBlocked => StatusState::Failure,
+                        crate::store::Verdict::HardBlocked | crate::store::Verdict::SoftBlocked => {
+                            StatusState::Failure
+                        }
                         _ => state,
                     };
                     (state, format!("{description} · {summary}"))
@@ -191,7 +192,7 @@ pub fn render_comment(
     marker: &str,
 ) -> String {
     let applying = sections.iter().any(|s| {
-        s.run.kind == crate::runs::RunKind::Apply
+        s.run.kind == crate::store::RunKind::Apply
             || s.run.apply_requested
             || matches!(s.run.state, RunState::Applying | RunState::Applied)
     });
@@ -260,10 +261,7 @@ pub fn render_comment(
 }
 
 /// A workspace's policy results: policy, level, result, messages.
-pub fn policy_table(
-    checks: &[crate::policy::groups::PolicyCheck],
-    overridden_by: Option<&str>,
-) -> String {
+pub fn policy_table(checks: &[crate::store::PolicyCheck], overridden_by: Option<&str>) -> String {
     if checks.is_empty() {
         return String::new();
     }
@@ -397,7 +395,7 @@ pub fn truncate_middle(text: &str, budget: usize) -> (String, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runs::{PlanSummary, RunKind, RunSource};
+    use crate::store::{PlanSummary, RunKind, RunSource};
 
     fn run(ws: &str, state: RunState) -> Run {
         Run {

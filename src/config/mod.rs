@@ -6,6 +6,8 @@
 //! names the file, the key and the reason. Unknown keys are errors too; all of them
 //! are reported, not only the first.
 
+pub mod drift;
+pub mod pricing;
 mod raw;
 pub mod reload;
 mod variables;
@@ -266,11 +268,11 @@ pub struct Workspace {
     /// Checked through the provider before `/gantry apply` runs.
     pub apply_requirements: Vec<ApplyRequirement>,
     /// How drift checks plan.
-    pub drift_mode: crate::drift::DriftMode,
+    pub drift_mode: drift::DriftMode,
     /// When drift checks run (own or inherited from the environment).
-    pub drift_schedule: Option<crate::drift::DriftSchedule>,
+    pub drift_schedule: Option<drift::DriftSchedule>,
     /// Where drift is reported besides the API.
-    pub drift_notify: Option<crate::drift::DriftNotify>,
+    pub drift_notify: Option<drift::DriftNotify>,
 }
 
 /// When a workspace's changes are applied.
@@ -403,7 +405,7 @@ pub struct Config {
     /// (Kubernetes' `terminationGracePeriodSeconds`).
     pub shutdown_grace: Duration,
     /// The pricing catalog: the shipped one, or the files in `pricing_dir`.
-    pub pricing: Arc<crate::cost::Catalog>,
+    pub pricing: Arc<pricing::Catalog>,
     pub providers: Vec<ProviderConfig>,
     pub workspaces: Vec<Workspace>,
     pub policy_groups: Vec<PolicyGroupConfig>,
@@ -689,7 +691,7 @@ impl<'a> Validator<'a> {
         };
         let pricing = match &raw.pricing_dir {
             None => Some(shipped_catalog()),
-            Some(dir) => match crate::cost::Catalog::load_dir(std::path::Path::new(dir)) {
+            Some(dir) => match pricing::Catalog::load_dir(std::path::Path::new(dir)) {
                 Ok(c) => Some(Arc::new(c)),
                 Err(errors) => {
                     self.errors.extend(errors.0);
@@ -729,7 +731,7 @@ impl<'a> Validator<'a> {
             key_files,
             pricing: pricing.expect("validated"),
             allow_fork_prs: raw.allow_fork_prs,
-            drift_jitter: drift_jitter.unwrap_or(crate::drift::MAX_JITTER),
+            drift_jitter: drift_jitter.unwrap_or(drift::MAX_JITTER),
             shutdown_grace: shutdown_grace.expect("validated"),
             providers,
             workspaces,
@@ -981,7 +983,7 @@ impl<'a> Validator<'a> {
                 );
             }
             if let Some(s) = &e.drift_schedule {
-                if let Err(err) = crate::drift::DriftSchedule::parse(s) {
+                if let Err(err) = drift::DriftSchedule::parse(s) {
                     self.err(format!("environments[{i}].drift_schedule"), err);
                 }
             }
@@ -994,7 +996,7 @@ impl<'a> Validator<'a> {
                 }
             }
             if let Some(m) = &e.drift_mode {
-                if crate::drift::DriftMode::parse(m).is_none() {
+                if drift::DriftMode::parse(m).is_none() {
                     self.err(
                         format!("environments[{i}].drift_mode"),
                         format!("unknown drift_mode `{m}` (expected refresh_only or plan)"),
@@ -1135,10 +1137,10 @@ impl<'a> Validator<'a> {
                         .clone()
                         .or_else(|| env.and_then(|e| e.drift_webhook_url.clone()));
                     match own.or(inherited) {
-                        Some("issue") => Some(crate::drift::DriftNotify::Issue),
+                        Some("issue") => Some(drift::DriftNotify::Issue),
                         Some("webhook") => match url {
                             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
-                                Some(crate::drift::DriftNotify::Webhook(u))
+                                Some(drift::DriftNotify::Webhook(u))
                             }
                             _ => {
                                 self.err(
@@ -1165,7 +1167,7 @@ impl<'a> Validator<'a> {
             };
             let inherited = w.drift_schedule.is_none();
             let drift_schedule = match schedule_raw {
-                Some(s) => match crate::drift::DriftSchedule::parse(s) {
+                Some(s) => match drift::DriftSchedule::parse(s) {
                     Ok(p) => Some(p),
                     // An environment's bad schedule is reported once, with the environment.
                     Err(_) if inherited => None,
@@ -1181,13 +1183,13 @@ impl<'a> Validator<'a> {
                 .as_deref()
                 .or(env.and_then(|e| e.drift_mode.as_deref()))
             {
-                None => crate::drift::DriftMode::RefreshOnly,
-                Some(m) => crate::drift::DriftMode::parse(m).unwrap_or_else(|| {
+                None => drift::DriftMode::RefreshOnly,
+                Some(m) => drift::DriftMode::parse(m).unwrap_or_else(|| {
                     self.err(
                         k("drift_mode"),
                         format!("unknown drift_mode `{m}` (expected refresh_only or plan)"),
                     );
-                    crate::drift::DriftMode::RefreshOnly
+                    drift::DriftMode::RefreshOnly
                 }),
             };
             let mut apply_requirements = Vec::new();
@@ -1230,11 +1232,22 @@ impl<'a> Validator<'a> {
 }
 
 /// The shipped catalog, parsed once per process.
-fn shipped_catalog() -> Arc<crate::cost::Catalog> {
-    static SHIPPED: std::sync::OnceLock<Arc<crate::cost::Catalog>> = std::sync::OnceLock::new();
+fn shipped_catalog() -> Arc<pricing::Catalog> {
+    static SHIPPED: std::sync::OnceLock<Arc<pricing::Catalog>> = std::sync::OnceLock::new();
     SHIPPED
-        .get_or_init(|| Arc::new(crate::cost::Catalog::shipped()))
+        .get_or_init(|| Arc::new(pricing::Catalog::shipped()))
         .clone()
+}
+
+/// Defined here rather than in `redact`, which sits below the config and
+/// knows nothing of it.
+impl crate::redact::Redactor {
+    /// Every secret a configuration holds (`Config::secret_values`): gantry's
+    /// own, and every sensitive variable at every scope, which includes the
+    /// secret-looking `terraform.pass_env` and `terraform.env` values.
+    pub fn for_config(config: &Config) -> crate::redact::Redactor {
+        crate::redact::Redactor::new(&config.secret_values())
+    }
 }
 
 /// Long enough for most applies; Kubernetes must wait longer than this.
@@ -1260,4 +1273,4 @@ fn default_node_id() -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -215,7 +215,7 @@ fn drift_schedules_are_parsed_at_load_and_inherited_from_environments() {
         "0 */6 * * *",
         "inherited"
     );
-    assert_eq!(net.drift_mode, crate::drift::DriftMode::Plan);
+    assert_eq!(net.drift_mode, drift::DriftMode::Plan);
     assert_eq!(
         c.workspace("dns")
             .unwrap()
@@ -267,14 +267,15 @@ fn drift_notifications_are_checked() {
             .workspace("network")
             .unwrap()
             .drift_notify,
-        Some(crate::drift::DriftNotify::Webhook(
+        Some(drift::DriftNotify::Webhook(
             "https://hooks.example.com/x".into()
         ))
     );
 }
 
-#[test]
-fn every_provider_kind_loads_with_its_own_settings() {
+/// A configuration with a provider of each kind but GitHub's, with their own
+/// settings (the `vcs` tests build their clients from it).
+pub(crate) fn every_provider_kind() -> Config {
     let text = r#"listen: 127.0.0.1:8080
 data_dir: ./.gantry
 database_url: sqlite://./.gantry/gantry.db
@@ -312,10 +313,15 @@ workspaces:
     repo: platform/infra
 "#;
     let env = HashMap::from([("GANTRY_API_TOKEN", "api"), ("TOKEN", "t"), ("SECRET", "s")]);
-    let config = Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
+    Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
         env.get(k).map(|v| v.to_string())
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn every_provider_kind_loads_with_its_own_settings() {
+    let config = every_provider_kind();
     let gitlab = config.provider("gitlab").unwrap();
     assert_eq!(gitlab.kind, ProviderKind::Gitlab);
     assert_eq!(
@@ -336,7 +342,6 @@ workspaces:
         ado.clone_url("platform/infra"),
         "https://dev.azure.com/acme/platform/_git/infra"
     );
-    assert!(crate::vcs::Providers::from_config(&config).is_ok());
 }
 
 #[test]

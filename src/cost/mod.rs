@@ -1,7 +1,7 @@
 //! Cost estimation: the monthly cost of a plan's resources before and after the
-//! change, from the pricing [`catalog`]. Reads `terraform show -json` output
-//! (`resource_changes[].change.before/after`, each `count`/`for_each`
-//! instance on its own). Attributes unknown until apply are priced from the
+//! change, from the pricing [`Catalog`] (part of the configuration). Reads
+//! `terraform show -json` output (`resource_changes[].change.before/after`,
+//! each `count`/`for_each` instance on its own). Attributes unknown until apply are priced from the
 //! configuration when it holds a constant; anything gantry cannot price is
 //! listed in `unpriced` with the reason, never counted as zero.
 //!
@@ -9,48 +9,14 @@
 //! `proposed_monthly_cost`, `delta_monthly_cost`), the shape policies see as
 //! `tfrun.cost_estimate`.
 
-pub mod catalog;
-
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use catalog::Catalog;
-use catalog::{Cloud, Component, Entry, Prices, Unit, HOURS_PER_MONTH};
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CostEstimate {
-    pub currency: String,
-    pub prior_monthly_cost: f64,
-    pub proposed_monthly_cost: f64,
-    pub delta_monthly_cost: f64,
-    pub resources: Vec<ResourceCost>,
-    pub unpriced: Vec<Unpriced>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResourceCost {
-    pub address: String,
-    #[serde(rename = "type")]
-    pub resource_type: String,
-    /// create, update, replace, delete or no-op.
-    pub action: String,
-    pub prior_monthly_cost: f64,
-    pub proposed_monthly_cost: f64,
-    pub delta_monthly_cost: f64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub notes: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Unpriced {
-    pub address: String,
-    #[serde(rename = "type")]
-    pub resource_type: String,
-    pub action: String,
-    pub reason: String,
-}
+pub use crate::config::pricing::Catalog;
+use crate::config::pricing::{Cloud, Component, Entry, Prices, Unit, HOURS_PER_MONTH};
+/// The estimate is stored with its run: the store owns its shape.
+pub use crate::store::{CostEstimate, ResourceCost, Unpriced};
 
 fn cents(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
@@ -72,6 +38,7 @@ pub fn format_money(x: f64) -> String {
     format!("${:.2}", cents(x))
 }
 
+/// How an estimate reads is the estimator's concern, not the store's.
 impl CostEstimate {
     /// The short form for a commit status: `+$73.00/mo`, with the unpriced count.
     pub fn status_suffix(&self) -> String {

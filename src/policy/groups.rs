@@ -11,12 +11,13 @@ use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{EnforcementLevel, PolicySet};
 use crate::app::Ctx;
 use crate::config::PolicyGroupConfig;
+/// A run's policy checks are stored with it: the store owns their types.
+pub use crate::store::policy_checks::{summary, verdict, PolicyCheck, Verdict};
 use crate::store::{PolicySetWrite, StoredPolicySet};
 use crate::vcs::{CommitStatus, StatusState};
 
@@ -37,55 +38,6 @@ pub struct LoadedGroup {
 pub struct PolicyGroups {
     loaded: Mutex<HashMap<String, LoadedGroup>>,
     errors: Mutex<HashMap<String, String>>,
-}
-
-/// One policy's outcome for a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PolicyCheck {
-    pub group: String,
-    pub policy: String,
-    pub enforcement_level: EnforcementLevel,
-    /// passed, failed or errored.
-    pub result: String,
-    pub messages: Vec<String>,
-}
-
-/// What the policy results allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Passed,
-    /// Only advisory policies failed.
-    Warned,
-    /// A soft-mandatory policy failed and nobody overrode it.
-    SoftBlocked,
-    /// A hard-mandatory policy failed, or a policy could not be evaluated.
-    HardBlocked,
-}
-
-pub fn verdict(checks: &[PolicyCheck], overridden: bool) -> Verdict {
-    let failed = |level: EnforcementLevel| {
-        checks.iter().any(|c| {
-            c.result != "passed" && (c.enforcement_level == level || c.result == "errored")
-        })
-    };
-    if failed(EnforcementLevel::HardMandatory) || checks.iter().any(|c| c.result == "errored") {
-        Verdict::HardBlocked
-    } else if failed(EnforcementLevel::SoftMandatory) && !overridden {
-        Verdict::SoftBlocked
-    } else if checks.iter().any(|c| c.result != "passed") {
-        Verdict::Warned
-    } else {
-        Verdict::Passed
-    }
-}
-
-/// "policies: 1 failed (hard)"; `None` when every policy passed.
-pub fn summary(checks: &[PolicyCheck]) -> Option<String> {
-    super::failure_summary(
-        checks
-            .iter()
-            .map(|c| (c.enforcement_level, c.result.as_str())),
-    )
 }
 
 impl PolicyGroups {
@@ -534,53 +486,4 @@ pub async fn evaluate(ctx: &Ctx, environment: &str, input: &regorus::Value) -> V
         }
     }
     checks
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(level: EnforcementLevel, result: &str) -> PolicyCheck {
-        PolicyCheck {
-            group: "g".into(),
-            policy: "p".into(),
-            enforcement_level: level,
-            result: result.into(),
-            messages: vec![],
-        }
-    }
-
-    #[test]
-    fn verdicts() {
-        use EnforcementLevel::*;
-        assert_eq!(
-            verdict(&[check(HardMandatory, "passed")], false),
-            Verdict::Passed
-        );
-        assert_eq!(
-            verdict(&[check(Advisory, "failed")], false),
-            Verdict::Warned
-        );
-        assert_eq!(
-            verdict(&[check(SoftMandatory, "failed")], false),
-            Verdict::SoftBlocked
-        );
-        assert_eq!(
-            verdict(&[check(SoftMandatory, "failed")], true),
-            Verdict::Warned
-        );
-        assert_eq!(
-            verdict(&[check(HardMandatory, "failed")], true),
-            Verdict::HardBlocked
-        );
-        assert_eq!(
-            verdict(&[check(Advisory, "errored")], true),
-            Verdict::HardBlocked
-        );
-        assert_eq!(
-            summary(&[check(Advisory, "failed"), check(SoftMandatory, "failed")]).as_deref(),
-            Some("policies: 2 failed (soft)")
-        );
-        assert_eq!(summary(&[check(Advisory, "passed")]), None);
-    }
 }

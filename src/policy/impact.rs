@@ -206,7 +206,7 @@ pub async fn analyze(
             continue;
         };
         // From the store: the replica that planned may be gone.
-        let Some(mut plan) = crate::runs::artifacts::plan_json(&ctx.store, run.id).await? else {
+        let Some(mut plan) = ctx.store.plan_json(run.id).await? else {
             without_plan.push(ws.name.clone());
             continue;
         };
@@ -217,8 +217,7 @@ pub async fn analyze(
             .cost
             .clone()
             .unwrap_or_else(|| crate::cost::estimate(&plan, &config.pricing));
-        let tfrun =
-            crate::runs::execute::tfrun(ctx, &run, ws, &run.plan.unwrap_or_default(), &cost).await;
+        let tfrun = super::tfrun::tfrun(ctx, &run, ws, &run.plan.unwrap_or_default(), &cost).await;
         let input = super::input(plan, tfrun);
         let before = current
             .as_deref()

@@ -11,49 +11,18 @@
 pub mod groups;
 pub mod impact;
 pub mod testing;
+pub mod tfrun;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+/// A check's level is stored with it: the store owns the type.
+pub use crate::store::policy_checks::failure_summary;
+pub use crate::store::EnforcementLevel;
+
 pub const POLICY_FILE: &str = "scalr-policy.hcl";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EnforcementLevel {
-    Advisory,
-    SoftMandatory,
-    HardMandatory,
-}
-
-impl EnforcementLevel {
-    pub fn parse(s: &str) -> Option<EnforcementLevel> {
-        match s {
-            "advisory" => Some(EnforcementLevel::Advisory),
-            "soft-mandatory" => Some(EnforcementLevel::SoftMandatory),
-            "hard-mandatory" => Some(EnforcementLevel::HardMandatory),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EnforcementLevel::Advisory => "advisory",
-            EnforcementLevel::SoftMandatory => "soft-mandatory",
-            EnforcementLevel::HardMandatory => "hard-mandatory",
-        }
-    }
-
-    /// The short form used in statuses: `hard`, `soft`, `advisory`.
-    pub fn short(self) -> &'static str {
-        match self {
-            EnforcementLevel::Advisory => "advisory",
-            EnforcementLevel::SoftMandatory => "soft",
-            EnforcementLevel::HardMandatory => "hard",
-        }
-    }
-}
 
 /// A problem loading a policy set; it names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -387,30 +356,6 @@ fn deny_messages(v: &regorus::Value) -> Vec<String> {
 /// The policy input: `{"tfplan": plan, "tfrun": run}`.
 pub fn input(tfplan: serde_json::Value, tfrun: serde_json::Value) -> regorus::Value {
     regorus::Value::from(serde_json::json!({ "tfplan": tfplan, "tfrun": tfrun }))
-}
-
-/// "policies: 1 failed (hard)" for a status description, from each policy's
-/// level and result; `None` when all passed. An error counts as a hard failure.
-pub fn failure_summary<'a>(
-    outcomes: impl IntoIterator<Item = (EnforcementLevel, &'a str)>,
-) -> Option<String> {
-    let failed: Vec<EnforcementLevel> = outcomes
-        .into_iter()
-        .filter(|(_, result)| *result != "passed")
-        .map(|(level, result)| {
-            if result == "errored" {
-                EnforcementLevel::HardMandatory
-            } else {
-                level
-            }
-        })
-        .collect();
-    let worst = failed.iter().max()?;
-    Some(format!(
-        "policies: {} failed ({})",
-        failed.len(),
-        worst.short()
-    ))
 }
 
 /// [`failure_summary`] of one policy set's results.

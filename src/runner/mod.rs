@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Phase};
 use crate::redact::Redactor;
-use crate::runs::PlanSummary;
+use crate::store::PlanSummary;
 pub use sandbox::{Layers, Sandbox, SandboxError};
 
 /// How long terraform gets to stop after SIGINT before the group is killed.

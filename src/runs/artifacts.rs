@@ -138,11 +138,3 @@ pub async fn load_plan(store: &Store, run: &Run, data_dir: &Path) -> Result<Plan
     };
     Ok(PlanFile { bytes, sha256 })
 }
-
-/// The plan JSON of run `run_id`, if it kept one.
-pub async fn plan_json(store: &Store, run_id: i64) -> anyhow::Result<Option<serde_json::Value>> {
-    match store.artifact(run_id, ArtifactKind::PlanJson).await? {
-        Some(a) => Ok(Some(serde_json::from_slice(&a.bytes)?)),
-        None => Ok(None),
-    }
-}

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Ctx;
 use crate::config::Workspace;
 use crate::policy::groups::Verdict;
+use crate::policy::tfrun::tfrun;
 use crate::policy::EnforcementLevel;
 use crate::runner::{
     BackendConfig, JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError,
@@ -576,70 +577,6 @@ pub fn policy_block_reason(run: &Run) -> String {
         })
         .collect();
     format!("blocked by policy: {}", blocking.join(", "))
-}
-
-/// The `tfrun` policy input, in Scalr's shape.
-pub(crate) async fn tfrun(
-    ctx: &Ctx,
-    run: &Run,
-    workspace: &Workspace,
-    summary: &crate::runs::PlanSummary,
-    cost: &crate::cost::CostEstimate,
-) -> serde_json::Value {
-    let mirror = crate::git::Mirror {
-        path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
-    };
-    let (message, author) = mirror.commit_info(&run.head_sha).unwrap_or_default();
-    let event = match run.event_id {
-        Some(id) => ctx
-            .store
-            .event(id)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|e| serde_json::from_str::<crate::vcs::VcsEvent>(&e.body).ok()),
-        None => None,
-    };
-    let pull_request = match (&event, run.pr_number) {
-        (Some(crate::vcs::VcsEvent::PullRequest(p)), Some(_)) => serde_json::json!({
-            "id": p.number, "title": p.title, "author": p.author, "merged_by": null,
-            "head_branch": p.head_ref, "base_branch": p.base_ref
-        }),
-        (_, Some(n)) => serde_json::json!({
-            "id": n, "title": null, "author": null, "merged_by": null,
-            "head_branch": null, "base_branch": run.branch
-        }),
-        _ => serde_json::Value::Null,
-    };
-    let created_by = match &event {
-        Some(crate::vcs::VcsEvent::PullRequest(p)) => p.author.clone(),
-        Some(crate::vcs::VcsEvent::Command(c)) => c.author.clone(),
-        _ => author.clone(),
-    };
-    serde_json::json!({
-        "workspace": {
-            "name": workspace.name,
-            "auto_apply": workspace.auto_apply,
-            "working_directory": workspace.dir.as_str(),
-            "tags": []
-        },
-        "environment": {"id": workspace.environment, "name": workspace.environment},
-        "vcs": {
-            "repository_id": run.repo,
-            "branch": run.branch,
-            "commit": {"sha": run.head_sha, "message": message, "author": {"username": author}},
-            "pull_request": pull_request
-        },
-        "cost_estimate": {
-            "prior_monthly_cost": cost.prior_monthly_cost,
-            "proposed_monthly_cost": cost.proposed_monthly_cost,
-            "delta_monthly_cost": cost.delta_monthly_cost
-        },
-        "created_by": {"username": created_by},
-        "is_destroy": summary.destroy > 0 && summary.add == 0 && summary.change == 0,
-        "is_dry": run.kind == RunKind::Plan,
-        "source": "vcs"
-    })
 }
 
 /// A confirmed apply of a plan made earlier by this run.

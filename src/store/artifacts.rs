@@ -142,6 +142,16 @@ impl Store {
         }))
     }
 
+    /// The plan JSON of run `run_id`, if it kept one.
+    pub async fn plan_json(&self, run_id: i64) -> StoreResult<Option<serde_json::Value>> {
+        match self.artifact(run_id, ArtifactKind::PlanJson).await? {
+            Some(a) => serde_json::from_slice(&a.bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("plan JSON of run {run_id}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
     /// Appends one redacted chunk to a run's log.
     pub async fn append_log(&self, run_id: i64, text: &str) -> StoreResult<()> {
         if text.is_empty() {

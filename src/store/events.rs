@@ -6,8 +6,9 @@ use std::time::Duration;
 use sqlx::Row;
 
 use super::leases::new_token;
-use super::{now_ms, runs::insert_run, Backend, Lease, NewRun, Store, StoreError, StoreResult};
-use crate::runs::Run;
+use super::{
+    now_ms, runs::insert_run, Backend, Lease, NewRun, Run, Store, StoreError, StoreResult,
+};
 
 /// A webhook delivery to persist.
 #[derive(Debug, Clone)]

@@ -5,6 +5,10 @@
 //! `RETURNING`, `ON CONFLICT`); the few that differ branch on [`Backend`].
 //! Timestamps are Unix milliseconds (`BIGINT`).
 //!
+//! The bottom layer: it imports no domain module. What it persists comes in as
+//! its own types ([`records`]: runs and the cost estimates on them;
+//! [`policy_checks`]) or, for drift reports, as a [`DriftRecord`] kept as JSON.
+//!
 //! SQLite rule: a transaction's first statement is a write, so it takes the write
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
@@ -12,7 +16,9 @@ mod artifacts;
 mod events;
 mod leases;
 mod outbox;
+pub mod policy_checks;
 mod policy_sets;
+pub mod records;
 mod retention;
 mod runs;
 mod state;
@@ -30,11 +36,15 @@ pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use leases::Lease;
 pub use outbox::{NewReport, ReportRow};
+pub use policy_checks::{EnforcementLevel, PolicyCheck, Verdict};
 pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLICY_SETS_CHANNEL};
+pub use records::{
+    CostEstimate, PlanSummary, ResourceCost, Run, RunKind, RunSource, RunState, Unpriced,
+};
 pub use retention::{Cutoffs, Pruned};
 pub use runs::{NewRun, TickOutcome};
 pub use state::{PutState, RunToken, SpooledState, StateLock};
-pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
+pub use workspaces::{Audit, AuditEntry, DriftEntry, DriftRecord, StateVersion, WorkspaceLock};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use sqlx::{Any, Row, Transaction};
 
-use super::{events::is_unique_violation, now_ms, Backend, Store, StoreResult};
-use crate::runs::Run;
+use super::{events::is_unique_violation, now_ms, Backend, Run, Store, StoreResult};
 
 /// A report to store; see [`Store::enqueue_report`].
 #[derive(Debug, Clone)]

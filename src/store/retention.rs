@@ -148,9 +148,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runs::RunState;
     use crate::store::tests::{new_run, stores};
-    use crate::store::ArtifactKind;
+    use crate::store::{ArtifactKind, RunState};
 
     async fn age(s: &Store, table: &str, run: i64) {
         sqlx::query(&format!(

@@ -9,7 +9,7 @@ use sqlx::{Any, Row, Transaction};
 use super::events::is_unique_violation;
 use super::leases::new_token;
 use super::{now_ms, Backend, Lease, Store, StoreError, StoreResult};
-use crate::runs::{PlanSummary, Run, RunKind, RunSource, RunState};
+use super::{PlanSummary, Run, RunKind, RunSource, RunState};
 
 /// A run to enqueue.
 #[derive(Debug, Clone)]
@@ -361,7 +361,7 @@ impl Store {
     pub async fn set_cost_estimate(
         &self,
         id: i64,
-        estimate: &crate::cost::CostEstimate,
+        estimate: &super::CostEstimate,
     ) -> StoreResult<()> {
         let json =
             serde_json::to_string(estimate).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -376,7 +376,7 @@ impl Store {
     pub async fn set_policy_results(
         &self,
         id: i64,
-        checks: &[crate::policy::groups::PolicyCheck],
+        checks: &[super::PolicyCheck],
     ) -> StoreResult<()> {
         let json = serde_json::to_string(checks).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query("UPDATE runs SET policy_results = $2 WHERE id = $1")

@@ -6,7 +6,6 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use super::*;
-use crate::runs::{RunKind, RunSource, RunState};
 
 pub(super) async fn stores() -> Vec<(Store, tempfile::TempDir)> {
     let mut out = Vec::new();
@@ -102,7 +101,7 @@ async fn one_active_run_per_workspace_in_arrival_order() {
             .unwrap());
         s.record_plan(
             first.id,
-            crate::runs::PlanSummary {
+            PlanSummary {
                 add: 1,
                 change: 0,
                 destroy: 0,

@@ -222,6 +222,13 @@ impl Store {
     }
 }
 
+/// What the store keeps of a drift report: whether it found drift (a column
+/// to filter on) and the whole report as JSON. `drift::DriftReport` is one;
+/// the store does not know its shape.
+pub trait DriftRecord: Serialize {
+    fn drifted(&self) -> bool;
+}
+
 /// A stored drift report.
 #[derive(Debug, Clone, Serialize)]
 pub struct DriftEntry {
@@ -230,7 +237,8 @@ pub struct DriftEntry {
     pub run_id: i64,
     pub commit_sha: String,
     pub drifted: bool,
-    pub report: crate::drift::DriftReport,
+    /// The report as `drift` wrote it (a `DriftReport`).
+    pub report: serde_json::Value,
     pub created_at: i64,
 }
 
@@ -256,7 +264,7 @@ impl Store {
         workspace: &str,
         run_id: i64,
         sha: &str,
-        report: &crate::drift::DriftReport,
+        report: &impl DriftRecord,
     ) -> StoreResult<()> {
         let json =
             serde_json::to_string(report).map_err(|e| super::StoreError::Corrupt(e.to_string()))?;
@@ -267,7 +275,7 @@ impl Store {
         .bind(workspace)
         .bind(run_id)
         .bind(sha)
-        .bind(i64::from(report.drifted))
+        .bind(i64::from(report.drifted()))
         .bind(json)
         .bind(now_ms())
         .execute(&self.pool)

@@ -441,6 +441,12 @@ mod tests {
     }
 
     #[test]
+    fn every_provider_kind_builds_from_its_config() {
+        let config = crate::config::tests::every_provider_kind();
+        assert!(Providers::from_config(&config).is_ok());
+    }
+
+    #[test]
     fn only_gantrys_own_marked_comments_are_found() {
         let mine = |a: &String| a == "gantry-bot";
         // A stranger's newer comment carrying the marker is passed over.

@@ -3,13 +3,16 @@
 //! catalog (`config/pricing/`) is built into the binary; `pricing_dir` replaces
 //! it with the operator's own files. Every file is validated at load, and
 //! errors name the file and the key.
+//!
+//! Part of the configuration (loaded and validated with it, swapped on reload);
+//! `cost` prices plans from it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::config::{parse_yaml, ConfigError, ConfigErrors};
+use super::{parse_yaml, ConfigError, ConfigErrors};
 
 /// The shipped catalog files, built in.
 const SHIPPED: [(&str, &str); 3] = [
