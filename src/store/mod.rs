@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod events;
+mod failure;
 mod leases;
 mod outbox;
 mod policy_sets;
@@ -28,6 +29,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
+pub use failure::FailureKind;
 pub use leases::Lease;
 pub use outbox::{NewReport, ReportRow};
 pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLICY_SETS_CHANNEL};
