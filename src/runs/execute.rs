@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Each phase returns a [`Failure`] when it stops short; the phases together
-//! give a [`RunOutcome`], and [`finish`] alone decides what it means: the end
+//! give a [`RunOutcome`], and `finish` alone decides what it means: the end
 //! is recorded with its report in one transaction, or the run goes back to
 //! the queue (this replica drains), or it is left to the reaper (the lease was
 //! lost). States in between (`planning`, `applying`) are reported through the
