@@ -172,6 +172,8 @@ pub struct RunView {
     source: &'static str,
     state: &'static str,
     state_reason: Option<String>,
+    /// How the run failed, as a stable kind (`terraform`, `apply`, `refused`, ...).
+    failure: Option<&'static str>,
     repo: String,
     branch: String,
     pull_request: Option<i64>,
@@ -201,6 +203,7 @@ impl From<&Run> for RunView {
             source: r.source.as_str(),
             state: r.state.as_str(),
             state_reason: r.state_reason.clone(),
+            failure: r.failure.map(|f| f.as_str()),
             repo: r.repo.clone(),
             branch: r.branch.clone(),
             pull_request: r.pr_number,

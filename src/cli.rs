@@ -449,7 +449,7 @@ async fn plan(config: Config, workspace: &str, git_ref: Option<&str>) -> anyhow:
     let redactor = Arc::new(crate::redact::Redactor::for_config(&config));
     let runner =
         LocalRunner::new(&config, &process_env, sandbox, redactor)?.with_work_root(&scratch);
-    let job = crate::runs::execute::job_spec(&config, &ws, CLI_RUN, &sha, JobPhase::Plan);
+    let job = crate::runs::job::job_spec(&config, &ws, CLI_RUN, &sha, JobPhase::Plan);
     eprintln!("planning {} at {} ({})", ws.name, &sha[..12], target);
     let result = runner
         .run(&job, &NoLog, &tokio_util::sync::CancellationToken::new())
@@ -491,7 +491,7 @@ async fn drift_run(config: Config, workspace: &str) -> anyhow::Result<ExitCode> 
         .await?;
     let (scratch, dirs) = check_out(&config, &mirror, &sha).await?;
     let refresh_only = ws.drift_mode == crate::drift::DriftMode::RefreshOnly;
-    let job = crate::runs::execute::job_spec(
+    let job = crate::runs::job::job_spec(
         &config,
         &ws,
         CLI_RUN,

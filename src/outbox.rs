@@ -717,12 +717,7 @@ where
     for run in &runs {
         let output = match run.state {
             RunState::Applied | RunState::Applying => ctx.store.apply_text(run.id).await?,
-            RunState::Errored
-                if run
-                    .state_reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("terraform apply")) =>
-            {
+            RunState::Errored if run.failure == Some(crate::store::FailureKind::Apply) => {
                 ctx.store.apply_text(run.id).await?
             }
             RunState::Planned | RunState::NeedsConfirmation | RunState::Errored => {

@@ -2,8 +2,7 @@
 //! comment (markdown), kept under the provider's size limit by truncating plan
 //! output per workspace, never the summary table.
 
-use crate::store::short_sha;
-use crate::store::{Run, RunState};
+use crate::store::{short_sha, FailureKind, Run, RunState};
 use crate::vcs::{CommitStatus, StatusState};
 
 /// Marks gantry's comment so it can be found again.
@@ -18,14 +17,11 @@ pub fn status_context(workspace: &str) -> String {
     format!("gantry/{workspace}")
 }
 
-/// Whether an errored run failed in terraform (the change is at fault) rather
-/// than in gantry or its surroundings.
-pub fn is_terraform_failure(reason: Option<&str>) -> bool {
-    reason.is_some_and(|r| r.starts_with("terraform ") || r.starts_with("apply refused"))
+/// Whether an errored run failed because of the change (its terraform, its
+/// plan, policy) rather than in gantry or its surroundings.
+fn change_at_fault(run: &Run) -> bool {
+    run.failure.is_some_and(FailureKind::is_change_at_fault)
 }
-
-/// The reason of a run whose apply was cut off (the workspace is then locked).
-const INTERRUPTED_APPLY: &str = "interrupted during apply";
 
 /// The commit status that shows `run`'s current state.
 pub fn status_for(run: &Run, target_url: Option<String>) -> CommitStatus {
@@ -54,18 +50,19 @@ pub fn status_for(run: &Run, target_url: Option<String>) -> CommitStatus {
                 (None, None) => "Applied.".to_string(),
             },
         ),
-        RunState::Errored if is_terraform_failure(run.state_reason.as_deref()) => (
+        RunState::Errored if change_at_fault(run) => (
             StatusState::Failure,
             first_line(run.state_reason.as_deref().unwrap_or("failed")),
         ),
         RunState::Errored => (
             StatusState::Error,
-            match run.state_reason.as_deref() {
+            match (run.failure, run.state_reason.as_deref()) {
                 // Reaped after a crash: the reaper locked the workspace.
-                Some(r) if r.starts_with(INTERRUPTED_APPLY) && !r.contains("lock") => {
-                    format!("gantry error: {}: workspace locked", first_line(r))
-                }
-                reason => format!("gantry error: {}", first_line(reason.unwrap_or("unknown"))),
+                (Some(FailureKind::InterruptedApply), reason) => format!(
+                    "gantry error: {}: workspace locked",
+                    first_line(reason.unwrap_or("interrupted during apply"))
+                ),
+                (_, reason) => format!("gantry error: {}", first_line(reason.unwrap_or("unknown"))),
             },
         ),
         RunState::Superseded => (
@@ -135,7 +132,7 @@ fn state_cell(run: &Run) -> &'static str {
         RunState::NeedsConfirmation => "⏸️ needs confirmation",
         RunState::Applying => "⏳ applying",
         RunState::Applied => "✅ applied",
-        RunState::Errored if is_terraform_failure(run.state_reason.as_deref()) => "❌ failed",
+        RunState::Errored if change_at_fault(run) => "❌ failed",
         RunState::Errored => "⚠️ errored",
         RunState::Superseded => "⏭️ superseded",
         RunState::Canceled => "🚫 canceled",
@@ -406,6 +403,7 @@ mod tests {
             source: RunSource::PullRequest,
             state,
             state_reason: None,
+            failure: None,
             provider_id: "github".into(),
             repo: "acme/infra".into(),
             branch: "main".into(),
@@ -445,10 +443,15 @@ mod tests {
         let mut e = run("network", RunState::Errored);
         e.state_reason =
             Some("terraform plan failed: │ Error: Unsupported argument\n│ more".into());
+        e.failure = Some(FailureKind::Terraform);
         assert_eq!(status_for(&e, None).state, StatusState::Failure);
+        // The kind decides, not the text.
+        e.failure = Some(FailureKind::Internal);
+        assert_eq!(status_for(&e, None).state, StatusState::Error);
         e.state_reason = Some("git fetch failed".into());
         assert_eq!(status_for(&e, None).state, StatusState::Error);
         e.state_reason = Some("interrupted during apply".into());
+        e.failure = Some(FailureKind::InterruptedApply);
         let s = status_for(&e, None);
         assert_eq!(s.state, StatusState::Error);
         assert_eq!(

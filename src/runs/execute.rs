@@ -1,81 +1,47 @@
-//! Takes one claimed run through its phases: fetch the commit, check it out,
-//! point gantry-kept state at gantry's backend, plan, and for apply runs apply the saved plan
-//! (at once with `auto_apply`, or once confirmed); then report the result.
+//! Takes one claimed run through its phases, as a straight line:
+//!
+//! ```text
+//! fetch ─▶ checkout ─▶ plan ─▶ evaluate ─▶ decide ─▶ apply    (plan and apply runs)
+//!                        └───▶ drift report                   (drift checks)
+//! fetch ─▶ checkout ─▶ apply                                  (a confirmed apply)
+//! ```
+//!
+//! Each phase returns a [`Failure`] when it stops short; the phases together
+//! give a [`RunOutcome`], and `finish` alone decides what it means: the end
+//! is recorded with its report in one transaction, or the run goes back to
+//! the queue (this replica drains), or it is left to the reaper (the lease was
+//! lost). States in between (`planning`, `applying`) are reported through the
+//! outbox as they are reached.
 //!
 //! An apply only ever applies the plan file of its own run, and only when
 //! nothing was applied to the workspace since that plan was made and the
 //! workspace is not locked.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Ctx;
-use crate::config::Workspace;
 use crate::policy::groups::Verdict;
 use crate::policy::tfrun::tfrun;
 use crate::policy::EnforcementLevel;
-use crate::runner::{
-    BackendConfig, JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError,
-};
+use crate::runner::{JobPhase, LogSink, PlanArtifacts, Runner, RunnerError};
 use crate::runs::artifacts::RunLog;
+use crate::runs::guard::{self, lock_unfinished_apply, refuse_tampered_plan};
 use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
+use crate::runs::job::{self, backend_config, job_spec, work_dir, Checkout};
+use crate::runs::outcome::{Disposal, Failure, RunOutcome};
 use crate::runs::{Run, RunKind, RunState};
-use crate::store::{Audit, Lease};
+use crate::store::{Audit, Lease, StoreError};
 
-/// A phase failure: the reason recorded on the run.
-struct Failure(String);
-
-impl Failure {
-    fn canceled() -> Failure {
-        Failure(CANCELED.into())
-    }
-}
-
-const CANCELED: &str = "canceled";
-
-impl From<crate::git::GitError> for Failure {
-    fn from(e: crate::git::GitError) -> Self {
-        Failure(e.to_string())
-    }
-}
-
-impl From<crate::store::StoreError> for Failure {
-    fn from(e: crate::store::StoreError) -> Self {
-        Failure(e.to_string())
-    }
-}
-
-impl From<crate::state::StateError> for Failure {
-    fn from(e: crate::state::StateError) -> Self {
-        Failure(e.to_string())
-    }
-}
-
-impl From<RunnerError> for Failure {
-    fn from(e: RunnerError) -> Self {
-        match e {
-            RunnerError::Failed { step, message } => {
-                Failure(format!("terraform {step} failed: {message}"))
-            }
-            RunnerError::TimedOut { step, after } => Failure(format!(
-                "terraform {step} timed out after {}",
-                humantime::format_duration(after)
-            )),
-            RunnerError::Canceled => Failure::canceled(),
-            other => Failure(other.to_string()),
-        }
-    }
-}
+/// The states a worker ends a run from.
+const ACTIVE: [RunState; 3] = [RunState::Fetching, RunState::Planning, RunState::Applying];
 
 #[tracing::instrument(skip_all, fields(run.id = run.id, workspace.name = %run.workspace))]
 pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     let ctx = &ctx;
     let started = std::time::Instant::now();
-    // Reports are outbox rows: terraform never waits on the VCS API.
-    let reporter = RunReporter { run_id: run.id };
-    reporter.changed(ctx).await;
+    crate::outbox::run_changed(ctx, run.id).await;
 
     let cancel = ctx.stop_runs.child_token();
     ctx.register_run(run.id, cancel.clone());
@@ -95,464 +61,353 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
             before_apply.cancel();
         })
     };
-
     let log = RunLog::start(ctx.store.clone(), run.id);
 
-    let result = if run.apply_requested {
-        apply_confirmed(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
-    } else if run.kind == RunKind::Drift {
-        drift_run(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
-    } else {
-        plan_run(ctx, &run, &lease, &before_apply, &reporter, log.sink()).await
+    let phases = Phases {
+        ctx,
+        run: &run,
+        lease: &lease,
+        cancel: &before_apply,
+        log: log.sink(),
     };
+    let outcome = phases.run().await.unwrap_or_else(RunOutcome::Failed);
+
     log.finish().await;
     drain.abort();
     let fenced = heartbeat.stop();
     ctx.unregister_run(run.id);
-    let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
+    let _ = tokio::fs::remove_dir_all(work_dir(&ctx.config(), run.id)).await;
+    finish(ctx, &run, &lease, outcome, fenced, &cancel, started).await;
+}
 
-    if fenced && result.is_err() {
-        // Fenced: terraform was stopped before the lease ran out. The run is
-        // left as it is for the replica that reaps it (a plan is queued again,
-        // an apply is marked interrupted and locks the workspace); this
-        // holder's writes would be stale.
-        tracing::warn!(outcome = ?result.as_ref().err().map(|f| &f.0), "run {} stopped: {LEASE_LOST}", run.id);
-    } else if let Err(Failure(reason)) = result {
-        if reason == CANCELED && ctx.shutdown.is_cancelled() {
+/// Ends the run as its outcome says (see [`RunOutcome::disposal`]).
+async fn finish(
+    ctx: &Ctx,
+    run: &Run,
+    lease: &Lease,
+    outcome: RunOutcome,
+    fenced: bool,
+    cancel: &CancellationToken,
+    started: std::time::Instant,
+) {
+    match outcome.disposal(fenced, ctx.shutdown.is_cancelled()) {
+        Disposal::LeaveToReaper => {
+            // terraform was stopped before the lease ran out; the reaper of
+            // whichever replica ends the run.
+            tracing::warn!(?outcome, "run {} stopped: {LEASE_LOST}", run.id);
+            return;
+        }
+        Disposal::HandBack => {
             let node = ctx.config().node_id.clone();
-            match ctx.store.requeue_run(&lease, &node).await {
+            match ctx.store.requeue_run(lease, &node).await {
                 Ok(true) => {
                     // Another replica takes it at once.
                     tracing::info!(
                         "run {} handed back to the queue: this replica is shutting down",
                         run.id
                     );
-                    reporter.changed(ctx).await;
+                    crate::outbox::run_changed(ctx, run.id).await;
                     return;
                 }
-                Ok(false) if cancel.is_cancelled() && !ctx.stop_runs.is_cancelled() => {
-                    // A cancel request during the drain: recorded below like
-                    // any other.
-                }
+                // A cancel request during the drain: recorded like any other.
+                Ok(false) if cancel.is_cancelled() && !ctx.stop_runs.is_cancelled() => {}
                 result => {
                     if let Err(e) = result {
                         tracing::error!(error = %e, "handing run {} back to the queue failed", run.id);
                     }
-                    // Left active, its lease ended now that terraform has
+                    // Left active with its lease ended now that terraform has
                     // stopped: the reaper (of another replica, or of this one
                     // as it exits) marks it interrupted at once; an apply
                     // locks its workspace.
                     tracing::warn!("run {} interrupted by shutdown", run.id);
-                    if let Err(e) = ctx.store.expire_lease(&lease).await {
+                    if let Err(e) = ctx.store.expire_lease(lease).await {
                         tracing::warn!(error = %e, "releasing the lease of run {} failed", run.id);
                     }
                     return;
                 }
             }
         }
-        let (to, reason) = if reason == CANCELED {
-            (RunState::Canceled, "canceled on request".to_string())
-        } else {
-            (RunState::Errored, reason)
-        };
-        tracing::warn!(reason = %reason, "run {} {}", run.id, to);
-        let active = [RunState::Fetching, RunState::Planning, RunState::Applying];
-        match ctx
-            .store
-            .transition(&lease, &active, to, Some(&reason))
-            .await
-        {
-            Ok(_) => {}
-            Err(e @ crate::store::StoreError::LeaseLost { .. }) => {
-                tracing::warn!("the end of run {} was not recorded: {e}", run.id)
-            }
-            Err(e) => tracing::error!(error = %e, "recording the end of run {} failed", run.id),
-        }
+        Disposal::Record => {}
     }
-    if let Ok(Some(done)) = ctx.store.run(run.id).await {
-        tracing::info!(state = %done.state, duration_ms = started.elapsed().as_millis() as u64, "run {} finished: {}", run.id, done.state);
-    }
-    reporter.changed(ctx).await;
-}
-
-fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
-    ctx.config()
-        .data_dir
-        .join("work")
-        .join(format!("run-{run_id}"))
-}
-
-/// The terraform job of one run phase: its timeout, and only that
-/// workspace's variables for `phase`.
-pub fn job_spec(
-    config: &crate::config::Config,
-    workspace: &Workspace,
-    run_id: i64,
-    commit: &str,
-    phase: JobPhase,
-) -> JobSpec {
-    JobSpec {
-        run_id,
-        workspace: workspace.name.clone(),
-        variables: crate::runner::variables_for(config, &workspace.name, phase.variables()),
-        phase,
-        commit: commit.to_string(),
-        dir: workspace.dir.as_str().to_string(),
-        backend: None,
-        timeout: workspace.timeout.unwrap_or(config.terraform.timeout),
-    }
-}
-
-/// A checked-out commit ready for terraform.
-struct Prepared {
-    workspace: Workspace,
-    runner: LocalRunner,
-    job: JobSpec,
-    /// Where terraform runs: the workspace's directory in the run's scratch.
-    workdir: PathBuf,
-    /// Whether gantry keeps this workspace's state.
-    gantry_state: bool,
-}
-
-/// Fetch (if the mirror lacks the commit), check out, and point gantry-kept
-/// state at gantry's backend.
-async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
-    let config = ctx.config();
-    let workspace = config
-        .workspace(&run.workspace)
-        .ok_or_else(|| {
-            Failure(format!(
-                "workspace {} is no longer configured",
-                run.workspace
-            ))
-        })?
-        .clone();
-    let provider = ctx.providers.load().get(&run.provider_id).ok_or_else(|| {
-        Failure(format!(
-            "provider {} is no longer configured",
-            run.provider_id
-        ))
-    })?;
-    let mut mirror = crate::git::Mirror {
-        path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
-    };
-    if !mirror.has_commit(&run.head_sha) {
-        mirror = match &run.head_repo {
-            Some(fork) => {
-                crate::runs::dispatch::fetch_fork(
-                    ctx,
-                    &*provider,
-                    &run.repo,
-                    fork,
-                    &run.git_ref,
-                    run.pr_number,
-                )
-                .await?
-            }
-            None => {
-                let creds = provider
-                    .git_credentials(&run.repo)
-                    .await
-                    .map_err(|e| Failure(format!("git credentials: {e}")))?;
-                ctx.mirrors
-                    .fetch(
-                        &run.provider_id,
-                        &run.repo,
-                        &provider.clone_url(&run.repo),
-                        creds,
-                        std::slice::from_ref(&run.git_ref),
-                    )
-                    .await?
-            }
-        };
-    }
-    let dirs = RunDirs::new(work_dir(ctx, run.id));
-    let _ = tokio::fs::remove_dir_all(&dirs.root).await;
-    {
-        let (mirror, sha, checkout) = (mirror.clone(), run.head_sha.clone(), dirs.checkout());
-        tokio::task::spawn_blocking(move || mirror.checkout(&sha, &checkout))
-            .await
-            .map_err(|e| Failure(format!("checkout task failed: {e}")))??;
-    }
-    let phase = if run.kind == RunKind::Drift {
-        JobPhase::Drift {
-            refresh_only: workspace.drift_mode == crate::drift::DriftMode::RefreshOnly,
-        }
-    } else {
-        JobPhase::Plan
-    };
-    let env = ctx.env.clone();
-    let mut job = job_spec(&config, &workspace, run.id, &run.head_sha, phase);
-    let workdir = dirs.checkout().join(&job.dir);
-    let gantry_state = !crate::state::has_own_backend(&workdir);
-    if gantry_state {
-        let base = crate::state::backend_base(&config, ctx.local_addr);
-        let creds =
-            crate::state::configure_run(&ctx.store, &base, &workspace.name, run.id, &workdir)
-                .await?;
-        job.backend = Some(BackendConfig {
-            env: backend_env_vars(creds),
-        });
-    }
-    let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
-        .map_err(|e| Failure(format!("preparing the runner: {e}")))?;
-    Ok(Prepared {
-        workspace,
-        runner,
-        job,
-        workdir,
-        gantry_state,
-    })
-}
-
-/// terraform's http backend reads its credentials from the environment, so
-/// the token is in no file of the checkout and in no saved plan.
-fn backend_env_vars(creds: crate::state::RunCredentials) -> Vec<crate::runner::EnvVar> {
-    use secrecy::ExposeSecret;
-    let address = |name: &str| crate::runner::EnvVar {
-        name: name.into(),
-        value: creds.address.clone(),
-        sensitive: false,
-    };
-    vec![
-        address("TF_HTTP_ADDRESS"),
-        address("TF_HTTP_LOCK_ADDRESS"),
-        address("TF_HTTP_UNLOCK_ADDRESS"),
-        crate::runner::EnvVar {
-            name: "TF_HTTP_USERNAME".into(),
-            value: creds.username,
-            sensitive: false,
-        },
-        crate::runner::EnvVar {
-            name: "TF_HTTP_PASSWORD".into(),
-            value: creds.password.expose_secret().to_string(),
-            sensitive: true,
-        },
-    ]
-}
-
-/// Checks the run's commit out and moves it to `planning`.
-async fn start_planning(
-    ctx: &Ctx,
-    run: &Run,
-    lease: &Lease,
-    reporter: &RunReporter,
-) -> Result<Prepared, Failure> {
-    let prepared = prepare(ctx, run).await?;
-    if !ctx
-        .store
-        .transition(lease, &[RunState::Fetching], RunState::Planning, None)
-        .await?
-    {
-        return Err(Failure("run changed state while fetching".into()));
-    }
-    reporter.changed(ctx).await;
-    Ok(prepared)
-}
-
-async fn plan_run(
-    ctx: &Ctx,
-    run: &Run,
-    lease: &Lease,
-    cancel: &CancellationToken,
-    reporter: &RunReporter,
-    log: &dyn LogSink,
-) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, lease, reporter).await?;
-    let state_version = crate::state::current_version(&ctx.store, &prepared.workspace.name).await?;
-    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
-        Ok(out) => out,
-        Err(e) => {
-            if let RunnerError::Failed { message, .. } = &e {
-                // Kept for the comment's error section.
-                let _ = ctx.store.set_plan_text(run.id, message).await;
-            }
-            return Err(e.into());
-        }
-    };
-    let plan = out
-        .plan
-        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
-    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, true).await?;
-    ctx.store.set_plan_text(run.id, &out.text).await?;
-    let cost = crate::cost::estimate(&plan.parsed, &ctx.config().pricing);
-    ctx.store.set_cost_estimate(run.id, &cost).await?;
-    let governed = ctx
-        .config()
-        .policy_groups
-        .iter()
-        .any(|g| g.environments.contains(&prepared.workspace.environment));
-    if governed {
-        let tfrun = tfrun(ctx, run, &prepared.workspace, &plan.summary, &cost).await;
-        // Policies never see values terraform marks sensitive, so no deny
-        // message can carry one into a comment.
-        let mut masked = plan.parsed.clone();
-        crate::redact::mask_sensitive_plan(&mut masked);
-        let input = crate::policy::input(masked, tfrun);
-        let checks =
-            crate::policy::groups::evaluate(ctx, &prepared.workspace.environment, &input).await;
-        ctx.store.set_policy_results(run.id, &checks).await?;
-    }
-    ctx.store
-        .record_plan(
-            run.id,
-            plan.summary,
-            Some(state_version),
-            Some(&plan.file.sha256),
-        )
-        .await?;
-
-    if run.kind == RunKind::Plan {
-        ctx.store
-            .transition(lease, &[RunState::Planning], RunState::Planned, None)
-            .await?;
-        return Ok(());
-    }
-    // An apply run (a merge): apply now, or wait for a confirmation.
-    if !plan.summary.has_changes() {
-        ctx.store
-            .transition(
-                lease,
-                &[RunState::Planning],
-                RunState::Applied,
-                Some("no changes to apply"),
-            )
-            .await?;
-        return Ok(());
-    }
-    let planned = ctx
-        .store
-        .run(run.id)
-        .await?
-        .ok_or_else(|| Failure("the run disappeared".into()))?;
-    match planned.policy_verdict() {
-        Verdict::HardBlocked => {
-            return Err(Failure(format!(
-                "apply refused: {}",
-                policy_block_reason(&planned)
-            )));
-        }
-        Verdict::SoftBlocked => {
-            let reason = format!(
-                "{}; override it, then confirm",
-                policy_block_reason(&planned)
-            );
-            ctx.store
-                .transition(
-                    lease,
-                    &[RunState::Planning],
-                    RunState::NeedsConfirmation,
-                    Some(&reason),
-                )
-                .await?;
-            return Ok(());
-        }
-        Verdict::Passed | Verdict::Warned => {}
-    }
-    if let Some(lock) = ctx.store.workspace_lock(&prepared.workspace.name).await? {
-        let reason = format!(
-            "workspace is locked ({}); unlock it, then confirm",
-            lock.reason
+    let (to, reason, failure) = outcome.end();
+    if failure.is_some() {
+        tracing::warn!(
+            reason = reason.as_deref().unwrap_or_default(),
+            "run {} {to}",
+            run.id
         );
-        ctx.store
-            .transition(
-                lease,
-                &[RunState::Planning],
-                RunState::NeedsConfirmation,
-                Some(&reason),
-            )
-            .await?;
-        return Ok(());
     }
-    if !prepared.workspace.auto_apply {
-        ctx.store
-            .transition(
-                lease,
-                &[RunState::Planning],
-                RunState::NeedsConfirmation,
-                Some("waiting for confirmation"),
-            )
-            .await?;
-        return Ok(());
+    let recorded = ctx
+        .store
+        .transition_and_report(lease, &ACTIVE, to, failure, reason.as_deref())
+        .await;
+    match recorded {
+        Ok(true) => {
+            let duration_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(state = %to, duration_ms, "run {} finished: {to}", run.id);
+            crate::outbox::reports_queued(ctx);
+        }
+        // Moved by someone else meanwhile: report it as it is.
+        Ok(false) => crate::outbox::run_changed(ctx, run.id).await,
+        Err(e @ StoreError::LeaseLost { .. }) => {
+            tracing::warn!("the end of run {} was not recorded: {e}", run.id)
+        }
+        Err(e) => tracing::error!(error = %e, "recording the end of run {} failed", run.id),
     }
-    ctx.store
-        .audit(Audit {
-            actor: "gantry (auto_apply)",
-            action: "apply",
-            workspace: Some(&prepared.workspace.name),
-            run_id: Some(run.id),
-            commit_sha: Some(&run.head_sha),
-            detail: Some("applied on merge"),
-        })
-        .await?;
-    apply_phase(
-        ctx,
-        run,
-        lease,
-        &prepared,
-        RunState::Planning,
-        false,
-        cancel,
-        reporter,
-        log,
-    )
-    .await
 }
 
-/// A drift check: plan the tracked branch head (refresh-only unless the
-/// workspace asks for `plan` mode), record the report, never apply.
-async fn drift_run(
-    ctx: &Ctx,
-    run: &Run,
-    lease: &Lease,
-    cancel: &CancellationToken,
-    reporter: &RunReporter,
-    log: &dyn LogSink,
-) -> Result<(), Failure> {
-    let prepared = start_planning(ctx, run, lease, reporter).await?;
-    let mode = prepared.workspace.drift_mode;
-    let out = match prepared.runner.run(&prepared.job, log, cancel).await {
-        Ok(out) => out,
-        Err(e) => {
-            if let RunnerError::Failed { message, .. } = &e {
-                let _ = ctx.store.set_plan_text(run.id, message).await;
-            }
-            return Err(e.into());
+/// One run's phases, and what each of them needs.
+struct Phases<'a> {
+    ctx: &'a Ctx,
+    run: &'a Run,
+    lease: &'a Lease,
+    /// Stops terraform: a cancel request, a lost lease, or (before an apply)
+    /// this replica draining.
+    cancel: &'a CancellationToken,
+    log: &'a dyn LogSink,
+}
+
+/// A saved plan, kept in the store.
+struct Plan {
+    artifacts: PlanArtifacts,
+    /// A drift check found differences (`-detailed-exitcode`).
+    changes: bool,
+    /// The workspace's state version the plan saw (not for drift checks).
+    state_version: Option<i64>,
+}
+
+/// What an apply run does once its plan is evaluated.
+enum Decision {
+    Apply,
+    End(RunOutcome),
+}
+
+impl Phases<'_> {
+    async fn run(&self) -> Result<RunOutcome, Failure> {
+        if self.run.apply_requested {
+            // Confirmed: apply the plan this run made earlier.
+            guard::check_applicable(self.ctx, self.run).await?;
+            let work = self.working_copy().await?;
+            return self.apply(&work, RunState::Fetching, true).await;
         }
-    };
-    let plan = out
-        .plan
-        .ok_or_else(|| Failure("the runner returned no plan".into()))?;
-    // A drift check's plan is never applied: only its JSON is kept.
-    crate::runs::artifacts::keep_plan(&ctx.store, run.id, &plan, false).await?;
-    ctx.store.set_plan_text(run.id, &out.text).await?;
-    let report = crate::drift::report(&plan.parsed, mode, out.changes);
-    ctx.store
-        .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
-        .await?;
-    if let Some(notify) = &prepared.workspace.drift_notify {
-        crate::outbox::notify_drift(ctx, &prepared.workspace, run, &report, notify).await;
+        let work = self.working_copy().await?;
+        self.moved(RunState::Fetching, RunState::Planning, "while fetching")
+            .await?;
+        let plan = self.plan(&work).await?;
+        if self.run.kind == RunKind::Drift {
+            return self.drift_report(&work, &plan).await;
+        }
+        self.evaluate(&work, &plan).await?;
+        if self.run.kind == RunKind::Plan {
+            return Ok(RunOutcome::Planned(None));
+        }
+        match self.decide(&work, &plan).await? {
+            Decision::End(outcome) => Ok(outcome),
+            Decision::Apply => self.apply(&work, RunState::Planning, false).await,
+        }
     }
-    ctx.store
-        .record_plan(run.id, plan.summary, None, None)
-        .await?;
-    let reason = if report.drifted {
-        match report.resources.len() {
+
+    /// The run's commit, fetched and checked out, ready for terraform.
+    async fn working_copy(&self) -> Result<Checkout, Failure> {
+        let workspace = job::workspace(self.ctx, self.run)?;
+        let mirror = job::fetch(self.ctx, self.run).await?;
+        job::checkout(self.ctx, self.run, workspace, mirror).await
+    }
+
+    /// terraform init, plan and show; the plan is kept in the store (a drift
+    /// check's only as JSON: it is never applied).
+    async fn plan(&self, work: &Checkout) -> Result<Plan, Failure> {
+        let (store, id) = (&self.ctx.store, self.run.id);
+        let drift = self.run.kind == RunKind::Drift;
+        let state_version = match drift {
+            true => None,
+            false => Some(crate::state::current_version(store, &work.workspace.name).await?),
+        };
+        let out = match work.runner.run(&work.job, self.log, self.cancel).await {
+            Ok(out) => out,
+            Err(e) => {
+                if let RunnerError::Failed { message, .. } = &e {
+                    // Kept for the comment's error section.
+                    let _ = store.set_plan_text(id, message).await;
+                }
+                return Err(e.into());
+            }
+        };
+        let artifacts = out
+            .plan
+            .ok_or_else(|| Failure::internal("the runner returned no plan"))?;
+        crate::runs::artifacts::keep_plan(store, id, &artifacts, !drift).await?;
+        store.set_plan_text(id, &out.text).await?;
+        Ok(Plan {
+            artifacts,
+            changes: out.changes,
+            state_version,
+        })
+    }
+
+    /// Cost, then the policies that govern the workspace's environment;
+    /// recorded on the run with the plan.
+    async fn evaluate(&self, work: &Checkout, plan: &Plan) -> Result<(), Failure> {
+        let (ctx, run, artifacts) = (self.ctx, self.run, &plan.artifacts);
+        let cost = crate::cost::estimate(&artifacts.parsed, &ctx.config().pricing);
+        ctx.store.set_cost_estimate(run.id, &cost).await?;
+        let environment = &work.workspace.environment;
+        let governed = ctx
+            .config()
+            .policy_groups
+            .iter()
+            .any(|g| g.environments.contains(environment));
+        if governed {
+            let tfrun = tfrun(ctx, run, &work.workspace, &artifacts.summary, &cost).await;
+            // Policies never see values terraform marks sensitive, so no deny
+            // message can carry one into a comment.
+            let mut masked = artifacts.parsed.clone();
+            crate::redact::mask_sensitive_plan(&mut masked);
+            let input = crate::policy::input(masked, tfrun);
+            let checks = crate::policy::groups::evaluate(ctx, environment, &input).await;
+            ctx.store.set_policy_results(run.id, &checks).await?;
+        }
+        let sha256 = Some(artifacts.file.sha256.as_str());
+        ctx.store
+            .record_plan(run.id, artifacts.summary, plan.state_version, sha256)
+            .await?;
+        Ok(())
+    }
+
+    /// An apply run (a merge): apply now, or wait for a confirmation.
+    async fn decide(&self, work: &Checkout, plan: &Plan) -> Result<Decision, Failure> {
+        let (ctx, run) = (self.ctx, self.run);
+        let wait = |reason: String| Ok(Decision::End(RunOutcome::NeedsConfirmation(reason)));
+        if !plan.artifacts.summary.has_changes() {
+            let reason = Some("no changes to apply".to_string());
+            return Ok(Decision::End(RunOutcome::Applied(reason)));
+        }
+        let planned = self.stored().await?;
+        match planned.policy_verdict() {
+            Verdict::HardBlocked => return Err(Failure::Refused(policy_block_reason(&planned))),
+            Verdict::SoftBlocked => {
+                let blocked = policy_block_reason(&planned);
+                return wait(format!("{blocked}; override it, then confirm"));
+            }
+            Verdict::Passed | Verdict::Warned => {}
+        }
+        if let Some(lock) = ctx.store.workspace_lock(&work.workspace.name).await? {
+            let locked = lock.reason;
+            return wait(format!(
+                "workspace is locked ({locked}); unlock it, then confirm"
+            ));
+        }
+        if !work.workspace.auto_apply {
+            return wait("waiting for confirmation".into());
+        }
+        ctx.store
+            .audit(Audit {
+                actor: "gantry (auto_apply)",
+                action: "apply",
+                workspace: Some(&work.workspace.name),
+                run_id: Some(run.id),
+                commit_sha: Some(&run.head_sha),
+                detail: Some("applied on merge"),
+            })
+            .await?;
+        Ok(Decision::Apply)
+    }
+
+    /// A drift check's end: its report (and notification); never an apply.
+    async fn drift_report(&self, work: &Checkout, plan: &Plan) -> Result<RunOutcome, Failure> {
+        let (ctx, run, artifacts) = (self.ctx, self.run, &plan.artifacts);
+        let mode = work.workspace.drift_mode;
+        let report = crate::drift::report(&artifacts.parsed, mode, plan.changes);
+        ctx.store
+            .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
+            .await?;
+        if let Some(notify) = &work.workspace.drift_notify {
+            crate::outbox::notify_drift(ctx, &work.workspace, run, &report, notify).await;
+        }
+        ctx.store
+            .record_plan(run.id, artifacts.summary, None, None)
+            .await?;
+        Ok(RunOutcome::Planned(Some(match report.resources.len() {
+            _ if !report.drifted => "no drift".to_string(),
             1 => "drift found in 1 resource".to_string(),
             n => format!("drift found in {n} resources"),
+        })))
+    }
+
+    /// Applies the reviewed plan, from the store (whichever replica made it).
+    /// `init`: the checkout is fresh (a confirmed apply), so terraform init
+    /// runs first.
+    async fn apply(
+        &self,
+        work: &Checkout,
+        from: RunState,
+        init: bool,
+    ) -> Result<RunOutcome, Failure> {
+        let (ctx, run) = (self.ctx, self.run);
+        // Checked again at the last moment, with the run holding the workspace
+        // (and as stored now: the plan was recorded after this run was claimed).
+        let fresh = self.stored().await?;
+        guard::check_applicable(ctx, &fresh).await?;
+        if self.cancel.is_cancelled() {
+            // Canceled, or this replica drains: no apply starts now.
+            return Err(Failure::Canceled);
         }
-    } else {
-        "no drift".to_string()
-    };
-    ctx.store
-        .transition(
-            lease,
-            &[RunState::Planning],
-            RunState::Planned,
-            Some(&reason),
-        )
-        .await?;
-    Ok(())
+        // Once applying, only a cancel request, a lost lease or the end of the
+        // shutdown grace stops the run, not the start of a drain.
+        let cancel = &ctx.run_token(run.id).unwrap_or_else(|| self.cancel.clone());
+        let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh, &ctx.config().data_dir)
+            .await
+            .map_err(Failure::Refused)?;
+        self.moved(from, RunState::Applying, "before applying")
+            .await?;
+        let phase = JobPhase::Apply { plan, init };
+        let mut job = job_spec(&ctx.config(), &work.workspace, run.id, &run.head_sha, phase);
+        if work.gantry_state {
+            // Only the apply may write the state.
+            let base = crate::state::backend_base(&ctx.config(), ctx.local_addr);
+            let (ws, write) = (&work.workspace.name, crate::state::Access::Write);
+            let creds = crate::state::run_credentials(&ctx.store, &base, ws, run.id, write).await?;
+            job.backend = Some(backend_config(creds));
+        }
+        match work.runner.run(&job, self.log, cancel).await {
+            Ok(out) => ctx.store.set_apply_text(run.id, &out.text).await?,
+            Err(RunnerError::PlanTampered { expected, actual }) => {
+                return Err(refuse_tampered_plan(ctx, run, &expected, &actual).await);
+            }
+            Err(e) => {
+                lock_unfinished_apply(ctx, run, work.gantry_state, &work.workdir, &e).await;
+                if let RunnerError::Failed { message, .. } = &e {
+                    ctx.store.set_apply_text(run.id, message).await?;
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(RunOutcome::Applied(None))
+    }
+
+    /// Moves the run on (and reports it); fails if something else moved it
+    /// while it was `during`.
+    async fn moved(&self, from: RunState, to: RunState, during: &str) -> Result<(), Failure> {
+        let moved = self
+            .ctx
+            .store
+            .transition(self.lease, &[from], to, None)
+            .await?;
+        if !moved {
+            return Err(Failure::internal(format!("run changed state {during}")));
+        }
+        crate::outbox::run_changed(self.ctx, self.run.id).await;
+        Ok(())
+    }
+
+    /// The run as stored now.
+    async fn stored(&self) -> Result<Run, Failure> {
+        self.ctx
+            .store
+            .run(self.run.id)
+            .await?
+            .ok_or_else(|| Failure::internal("the run disappeared"))
+    }
 }
 
 /// Why policies block the apply of `run`: the failing mandatory policies.
@@ -577,265 +432,4 @@ pub fn policy_block_reason(run: &Run) -> String {
         })
         .collect();
     format!("blocked by policy: {}", blocking.join(", "))
-}
-
-/// A confirmed apply of a plan made earlier by this run.
-async fn apply_confirmed(
-    ctx: &Ctx,
-    run: &Run,
-    lease: &Lease,
-    cancel: &CancellationToken,
-    reporter: &RunReporter,
-    log: &dyn LogSink,
-) -> Result<(), Failure> {
-    check_applicable(ctx, run).await?;
-    let prepared = prepare(ctx, run).await?;
-    apply_phase(
-        ctx,
-        run,
-        lease,
-        &prepared,
-        RunState::Fetching,
-        true,
-        cancel,
-        reporter,
-        log,
-    )
-    .await
-}
-
-/// Why the saved plan of `run` may not be applied now, if it may not.
-async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
-    if let Some(lock) = ctx.store.workspace_lock(&run.workspace).await? {
-        return Err(Failure(format!(
-            "apply refused: workspace {} is locked ({})",
-            run.workspace, lock.reason
-        )));
-    }
-    if matches!(
-        run.policy_verdict(),
-        Verdict::HardBlocked | Verdict::SoftBlocked
-    ) {
-        return Err(Failure(format!(
-            "apply refused: {}",
-            policy_block_reason(run)
-        )));
-    }
-    let planned_at = run
-        .planned_at
-        .ok_or_else(|| Failure("apply refused: the run has no plan".into()))?;
-    if let Some(other) = ctx
-        .store
-        .applied_since(&run.workspace, planned_at, run.id)
-        .await?
-    {
-        return Err(Failure(format!(
-            "apply refused: the plan is stale, run {other} applied to {} after it was made; re-plan",
-            run.workspace
-        )));
-    }
-    let now = crate::state::current_version(&ctx.store, &run.workspace).await?;
-    if run.state_version_at_plan.is_some_and(|v| v != now) {
-        return Err(Failure(format!(
-            "apply refused: the plan is stale, the state of {} changed after it was made; re-plan",
-            run.workspace
-        )));
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn apply_phase(
-    ctx: &Ctx,
-    run: &Run,
-    lease: &Lease,
-    prepared: &Prepared,
-    from: RunState,
-    init: bool,
-    cancel: &CancellationToken,
-    reporter: &RunReporter,
-    log: &dyn LogSink,
-) -> Result<(), Failure> {
-    // Checked again at the last moment, with the run holding the workspace
-    // (and as stored now: the plan was recorded after this run was claimed).
-    let fresh = ctx
-        .store
-        .run(run.id)
-        .await?
-        .ok_or_else(|| Failure("the run disappeared".into()))?;
-    check_applicable(ctx, &fresh).await?;
-    if cancel.is_cancelled() {
-        // Canceled, or this replica drains: no apply starts now.
-        return Err(Failure::canceled());
-    }
-    // Once applying, only a cancel request, a lost lease or the end of the
-    // shutdown grace stops the run, not the start of a drain.
-    let cancel = &ctx.run_token(run.id).unwrap_or_else(|| cancel.clone());
-    // The reviewed plan, from the store: whichever replica made it.
-    let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh, &ctx.config().data_dir)
-        .await
-        .map_err(|e| Failure(format!("apply refused: {e}")))?;
-    if !ctx
-        .store
-        .transition(lease, &[from], RunState::Applying, None)
-        .await?
-    {
-        return Err(Failure("run changed state before applying".into()));
-    }
-    reporter.changed(ctx).await;
-    let mut job = job_spec(
-        &ctx.config(),
-        &prepared.workspace,
-        run.id,
-        &run.head_sha,
-        JobPhase::Apply { plan, init },
-    );
-    if prepared.gantry_state {
-        // Only the apply may write the state.
-        let config = ctx.config();
-        let base = crate::state::backend_base(&config, ctx.local_addr);
-        let creds = crate::state::run_credentials(
-            &ctx.store,
-            &base,
-            &prepared.workspace.name,
-            run.id,
-            crate::state::Access::Write,
-        )
-        .await?;
-        job.backend = Some(BackendConfig {
-            env: backend_env_vars(creds),
-        });
-    }
-    let result = prepared.runner.run(&job, log, cancel).await;
-    if let Err(RunnerError::PlanTampered { expected, actual }) = &result {
-        return Err(refuse_tampered_plan(ctx, run, expected, actual).await);
-    }
-    match &result {
-        Ok(out) => ctx.store.set_apply_text(run.id, &out.text).await?,
-        Err(RunnerError::Failed { message, .. }) => {
-            ctx.store.set_apply_text(run.id, message).await?
-        }
-        Err(_) => {}
-    }
-    if let Err(e) = &result {
-        lock_unfinished_apply(ctx, run, prepared, e).await;
-    }
-    result?;
-    ctx.store
-        .transition(lease, &[RunState::Applying], RunState::Applied, None)
-        .await?;
-    Ok(())
-}
-
-/// An apply that did not finish (timed out, canceled, or whose state could
-/// not be stored) leaves the infrastructure in an unknown state: the
-/// workspace is locked with the reason and the audit log says so. The state
-/// terraform could not store (`errored.tfstate`) is kept in the spool.
-/// An apply stopped by shutdown is left to the reaper, which does the same.
-async fn lock_unfinished_apply(ctx: &Ctx, run: &Run, prepared: &Prepared, error: &RunnerError) {
-    if matches!(error, RunnerError::Canceled) && ctx.shutdown.is_cancelled() {
-        return;
-    }
-    let spooled = if prepared.gantry_state {
-        let why = format!("state left by run {}'s unfinished apply", run.id);
-        crate::state::spool_errored(
-            &ctx.store,
-            &run.workspace,
-            run.id,
-            &prepared.workdir,
-            &why,
-        )
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(run.id = run.id, error = %e, "spooling the state of run {} failed", run.id);
-            None
-        })
-    } else {
-        None
-    };
-    let what = match error {
-        RunnerError::TimedOut {
-            step: "apply",
-            after,
-        } => format!(
-            "apply of run {} timed out after {}",
-            run.id,
-            humantime::format_duration(*after)
-        ),
-        RunnerError::Canceled => format!("apply of run {} was canceled", run.id),
-        _ if spooled.is_some() => format!("apply of run {} could not store its state", run.id),
-        // A plain failed apply: terraform stored what it did.
-        _ => return,
-    };
-    let reason = match spooled {
-        Some(id) => format!("{what}; the state it could not store is kept as spooled state {id}"),
-        None => what,
-    };
-    tracing::error!(run.id = run.id, workspace.name = %run.workspace, "{reason}; locking {}", run.workspace);
-    if let Err(e) = ctx
-        .store
-        .lock_workspace(&run.workspace, &reason, "gantry", Some(run.id))
-        .await
-    {
-        tracing::error!(run.id = run.id, error = %e, "locking {} failed", run.workspace);
-    }
-    if let Err(e) = ctx
-        .store
-        .audit(Audit {
-            actor: "gantry",
-            action: "lock",
-            workspace: Some(&run.workspace),
-            run_id: Some(run.id),
-            commit_sha: Some(&run.head_sha),
-            detail: Some(&reason),
-        })
-        .await
-    {
-        tracing::error!(run.id = run.id, error = %e, "auditing run {} failed", run.id);
-    }
-}
-
-/// The saved plan is not the plan that was reviewed: nothing is applied, the
-/// workspace is locked with the reason, and the audit log says so.
-async fn refuse_tampered_plan(ctx: &Ctx, run: &Run, expected: &str, actual: &str) -> Failure {
-    let reason = format!(
-        "plan file of run {} changed after it was reviewed (sha256 {actual}, expected {expected}); apply refused",
-        run.id
-    );
-    tracing::error!(run.id = run.id, workspace.name = %run.workspace, "{reason}");
-    if let Err(e) = ctx
-        .store
-        .lock_workspace(&run.workspace, &reason, "gantry", Some(run.id))
-        .await
-    {
-        tracing::error!(run.id = run.id, error = %e, "locking {} failed", run.workspace);
-    }
-    if let Err(e) = ctx
-        .store
-        .audit(Audit {
-            actor: "gantry",
-            action: "apply refused: plan integrity",
-            workspace: Some(&run.workspace),
-            run_id: Some(run.id),
-            commit_sha: Some(&run.head_sha),
-            detail: Some(&reason),
-        })
-        .await
-    {
-        tracing::error!(run.id = run.id, error = %e, "auditing run {} failed", run.id);
-    }
-    Failure(format!("apply refused: {reason}"))
-}
-
-/// Reports the run's state whenever it changes, through the outbox: the
-/// status and comment rows are stored before the worker goes on.
-struct RunReporter {
-    run_id: i64,
-}
-
-impl RunReporter {
-    /// The run's state changed: queue its reports.
-    async fn changed(&self, ctx: &Ctx) {
-        crate::outbox::run_changed(ctx, self.run_id).await;
-    }
 }

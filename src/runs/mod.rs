@@ -15,7 +15,12 @@
 //! marked `errored: interrupted during apply` and its workspace is locked.
 //!
 //! - [`dispatch`] turns a stored webhook event into runs (git diff → planner).
-//! - [`execute`] takes a claimed run through fetch, plan and report.
+//! - [`execute`] takes a claimed run through its phases as a straight line
+//!   and records how it ended; [`outcome`] types that end ([`outcome::Failure`]
+//!   carries the reason text and the stored [`crate::store::FailureKind`]).
+//! - [`job`] prepares a run's working copy, runner and job specs; [`guard`]
+//!   holds the checks before an apply and the locks after one that did not
+//!   finish.
 //! - [`heartbeat`] keeps the worker's lease on its run, and stops the run
 //!   (fencing) when the lease cannot be kept.
 
@@ -23,7 +28,10 @@ pub mod artifacts;
 pub mod command;
 pub mod dispatch;
 pub mod execute;
+pub mod guard;
 pub mod heartbeat;
+pub mod job;
+pub mod outcome;
 
 /// The run record is the store's: re-exported where runs are orchestrated.
 pub use crate::store::{PlanSummary, Run, RunKind, RunSource, RunState};

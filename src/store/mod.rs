@@ -14,6 +14,7 @@
 
 mod artifacts;
 mod events;
+mod failure;
 mod leases;
 mod outbox;
 pub mod policy_checks;
@@ -34,6 +35,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
+pub use failure::FailureKind;
 pub use leases::Lease;
 pub use outbox::{NewReport, ReportRow};
 pub use policy_checks::{EnforcementLevel, PolicyCheck, Verdict};

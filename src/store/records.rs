@@ -216,6 +216,8 @@ pub struct Run {
     pub source: RunSource,
     pub state: RunState,
     pub state_reason: Option<String>,
+    /// How the run failed (errored or canceled), as stored.
+    pub failure: Option<super::FailureKind>,
     pub provider_id: String,
     pub repo: String,
     pub branch: String,

@@ -8,7 +8,7 @@ use sqlx::{Any, Row, Transaction};
 
 use super::events::is_unique_violation;
 use super::leases::new_token;
-use super::{now_ms, Backend, Lease, Store, StoreError, StoreResult};
+use super::{now_ms, Backend, FailureKind, Lease, Store, StoreError, StoreResult};
 use super::{PlanSummary, Run, RunKind, RunSource, RunState};
 
 /// A run to enqueue.
@@ -28,7 +28,7 @@ pub struct NewRun {
     pub head_repo: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "id, workspace, event_id, kind, source, state, state_reason, provider_id, repo, branch,
+const RUN_COLUMNS: &str = "id, workspace, event_id, kind, source, state, state_reason, failure, provider_id, repo, branch,
     pr_number, head_sha, git_ref, attempt, retry_of, enqueued_at, started_at, finished_at, updated_at,
     plan_add, plan_change, plan_destroy, apply_requested, planned_at, state_version_at_plan, requested_by, cost_estimate,
     policy_results, policy_override, head_repo, plan_sha256";
@@ -39,6 +39,7 @@ fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
     let kind: String = row.try_get("kind")?;
     let source: String = row.try_get("source")?;
     let state: String = row.try_get("state")?;
+    let failure: Option<String> = row.try_get("failure")?;
     let add: Option<i64> = row.try_get("plan_add")?;
     let change: Option<i64> = row.try_get("plan_change")?;
     let destroy: Option<i64> = row.try_get("plan_destroy")?;
@@ -53,6 +54,13 @@ fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
         state: RunState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
         state_reason: row.try_get("state_reason")?,
+        failure: match failure {
+            Some(f) => Some(
+                FailureKind::parse(&f)
+                    .ok_or_else(|| StoreError::Corrupt(format!("run failure `{f}`")))?,
+            ),
+            None => None,
+        },
         provider_id: row.try_get("provider_id")?,
         repo: row.try_get("repo")?,
         branch: row.try_get("branch")?,
@@ -158,6 +166,15 @@ pub(super) async fn insert_run(
     Ok(run)
 }
 
+/// A state change to write: where to, why, and how the run failed (if it did).
+struct Change<'a> {
+    to: RunState,
+    reason: Option<&'a str>,
+    failure: Option<FailureKind>,
+    /// Queue the run's report in the same transaction.
+    report: bool,
+}
+
 /// One recorded state change of a run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Transition {
@@ -246,8 +263,44 @@ impl Store {
         to: RunState,
         reason: Option<&str>,
     ) -> StoreResult<bool> {
+        let change = Change {
+            to,
+            reason,
+            failure: None,
+            report: false,
+        };
+        self.held_transition(lease, from, change).await
+    }
+
+    /// Ends a run this worker holds, like [`Store::transition`], and queues
+    /// its final report (status and comment) in the same transaction: the end
+    /// of a run is reported even if this process dies right after the commit.
+    pub async fn transition_and_report(
+        &self,
+        lease: &Lease,
+        from: &[RunState],
+        to: RunState,
+        failure: Option<FailureKind>,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let change = Change {
+            to,
+            reason,
+            failure,
+            report: true,
+        };
+        self.held_transition(lease, from, change).await
+    }
+
+    async fn held_transition(
+        &self,
+        lease: &Lease,
+        from: &[RunState],
+        change: Change<'_>,
+    ) -> StoreResult<bool> {
+        let to = change.to;
         let moved = self
-            .write_transition(lease.id, Some(&lease.token), from, to, reason)
+            .write_transition(lease.id, Some(&lease.token), from, change)
             .await?;
         if !moved && self.lease_token(lease.id).await?.as_deref() != Some(&lease.token) {
             tracing::warn!(run.id = lease.id, to = %to, "stale holder of run {}: its move to {to} was ignored", lease.id);
@@ -268,7 +321,13 @@ impl Store {
         to: RunState,
         reason: Option<&str>,
     ) -> StoreResult<bool> {
-        self.write_transition(id, None, from, to, reason).await
+        let change = Change {
+            to,
+            reason,
+            failure: None,
+            report: false,
+        };
+        self.write_transition(id, None, from, change).await
     }
 
     async fn write_transition(
@@ -276,9 +335,14 @@ impl Store {
         id: i64,
         token: Option<&str>,
         from: &[RunState],
-        to: RunState,
-        reason: Option<&str>,
+        change: Change<'_>,
     ) -> StoreResult<bool> {
+        let Change {
+            to,
+            reason,
+            failure,
+            report,
+        } = change;
         let now = now_ms();
         let from_sql = from
             .iter()
@@ -293,30 +357,34 @@ impl Store {
             ""
         };
         let holder = if token.is_some() {
-            "lease_token = $5"
+            "lease_token = $6"
         } else {
             "lease_token IS NULL"
         };
         let sql = format!(
-            "UPDATE runs SET state = $2, state_reason = $3, updated_at = $4
+            "UPDATE runs SET state = $2, state_reason = $3, updated_at = $4, failure = $5
                  {release}
-             WHERE id = $1 AND {holder} AND state IN ({from_sql})"
+             WHERE id = $1 AND {holder} AND state IN ({from_sql})
+             RETURNING {RUN_COLUMNS}"
         );
         let mut tx = self.pool.begin().await?;
         let mut query = sqlx::query(&sql)
             .bind(id)
             .bind(to.as_str())
             .bind(reason)
-            .bind(now);
+            .bind(now)
+            .bind(failure.map(FailureKind::as_str));
         if let Some(token) = token {
             query = query.bind(token);
         }
-        let done = query.execute(&mut *tx).await?;
-        if done.rows_affected() == 0 {
+        let Some(row) = query.fetch_optional(&mut *tx).await? else {
             tx.rollback().await?;
             return Ok(false);
-        }
+        };
         insert_transition(&mut tx, id, to.as_str(), reason, now).await?;
+        if report {
+            super::outbox::enqueue_run_report(&mut tx, &run_from_row(&row)?, now).await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
@@ -406,7 +474,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE runs SET state = 'queued', apply_requested = 1, requested_by = $2, state_reason = NULL,
+            "UPDATE runs SET state = 'queued', apply_requested = 1, requested_by = $2, state_reason = NULL, failure = NULL,
                              enqueued_at = $3, updated_at = $3, finished_at = NULL
              WHERE id = $1 AND state IN ('planned', 'needs_confirmation') AND planned_at IS NOT NULL",
         )
@@ -454,15 +522,14 @@ impl Store {
     /// already finished.
     pub async fn request_cancel(&self, id: i64, actor: &str) -> StoreResult<bool> {
         let reason = format!("canceled by {actor}");
-        if self
-            .transition_unclaimed(
-                id,
-                &[RunState::Queued, RunState::NeedsConfirmation],
-                RunState::Canceled,
-                Some(&reason),
-            )
-            .await?
-        {
+        let change = Change {
+            to: RunState::Canceled,
+            reason: Some(&reason),
+            failure: Some(FailureKind::Canceled),
+            report: false,
+        };
+        let waiting = [RunState::Queued, RunState::NeedsConfirmation];
+        if self.write_transition(id, None, &waiting, change).await? {
             return Ok(true);
         }
         let done = sqlx::query(&format!(
@@ -518,6 +585,7 @@ impl Store {
         let rows = sqlx::query(&format!(
             "UPDATE runs SET state = 'errored', finished_at = $1, updated_at = $1,
                              state_reason = CASE WHEN state = 'applying' THEN 'interrupted during apply' ELSE 'interrupted' END,
+                             failure = CASE WHEN state = 'applying' THEN 'interrupted_apply' ELSE 'interrupted' END,
                              claimed_by = NULL, lease_until = NULL, lease_token = NULL
              WHERE state IN {ACTIVE} AND lease_until < $1
              RETURNING {RUN_COLUMNS}"
@@ -532,7 +600,7 @@ impl Store {
             insert_transition(&mut tx, run.id, "errored", Some(&reason), now).await?;
             // Its final status and comment, committed with its end.
             super::outbox::enqueue_run_report(&mut tx, &run, now).await?;
-            if reason == "interrupted during apply" {
+            if run.failure == Some(FailureKind::InterruptedApply) {
                 // Nobody knows what the apply changed: stop further applies until a person looks.
                 sqlx::query(
                     "INSERT INTO workspace_locks (workspace, reason, locked_by, run_id, locked_at)
@@ -596,7 +664,7 @@ impl Store {
         let reason = format!("handed back by {node}, which is shutting down");
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE runs SET state = 'queued', state_reason = $3, claimed_by = NULL, lease_until = NULL,
+            "UPDATE runs SET state = 'queued', state_reason = $3, failure = NULL, claimed_by = NULL, lease_until = NULL,
                              lease_token = NULL, updated_at = $4
              WHERE id = $1 AND lease_token = $2 AND state IN ('fetching', 'planning') AND cancel_requested = 0",
         )

@@ -232,12 +232,50 @@ async fn interrupted_plans_are_marked_and_requeued_once() {
             (old.state, old.state_reason.as_deref()),
             (RunState::Errored, Some("interrupted"))
         );
+        assert_eq!(old.failure, Some(FailureKind::Interrupted));
         let (retry, _) = s.claim_run("n2", SHORT).await.unwrap().unwrap();
         assert_eq!((retry.attempt, retry.retry_of), (2, Some(claimed.id)));
         // The retry dies too: not queued a third time.
         let_leases_expire().await;
         assert_eq!(s.reap_runs().await.unwrap().len(), 1);
         assert!(s.claim_run("n3", LEASE).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_run_s_end_is_stored_with_its_failure_kind_and_its_report() {
+    for (s, _d) in stores().await {
+        s.insert_runs(&[new_run("a", Some(7), "1", None)])
+            .await
+            .unwrap();
+        let (run, lease) = s.claim_run("n1", LEASE).await.unwrap().unwrap();
+        let queued = s.undelivered_reports().await.unwrap();
+        let failed = Some(FailureKind::Terraform);
+        let reason = Some("terraform plan failed: x");
+        let active = [RunState::Fetching, RunState::Planning];
+        assert!(s
+            .transition_and_report(&lease, &active, RunState::Errored, failed, reason)
+            .await
+            .unwrap());
+        let ended = s.run(run.id).await.unwrap().unwrap();
+        assert_eq!((ended.state, ended.failure), (RunState::Errored, failed));
+        // The end's report was queued with it.
+        assert_eq!(s.undelivered_reports().await.unwrap(), queued + 1);
+        // A stale holder records nothing, and queues nothing.
+        assert!(matches!(
+            s.transition_and_report(&lease, &active, RunState::Canceled, None, None)
+                .await,
+            Err(StoreError::LeaseLost { .. })
+        ));
+        assert_eq!(s.undelivered_reports().await.unwrap(), queued + 1);
+        // A cancel request on a waiting run records its kind too.
+        let waiting = s
+            .insert_runs(&[new_run("b", None, "2", None)])
+            .await
+            .unwrap();
+        assert!(s.request_cancel(waiting[0].id, "api").await.unwrap());
+        let canceled = s.run(waiting[0].id).await.unwrap().unwrap();
+        assert_eq!(canceled.failure, Some(FailureKind::Canceled));
     }
 }
 

@@ -278,6 +278,7 @@ async fn a_confirmed_apply_of_a_stale_plan_is_refused() {
         200
     );
     let run = wait_state(&app, old, "errored").await;
+    assert_eq!(run["failure"], "refused");
     let reason = run["state_reason"].as_str().unwrap();
     assert!(
         reason.starts_with("apply refused: the plan is stale") && reason.contains("re-plan"),
@@ -533,6 +534,7 @@ async fn a_running_plan_can_be_canceled() {
         "terraform was interrupted, not waited for"
     );
     assert_eq!(run["state_reason"], "canceled on request");
+    assert_eq!(run["failure"], "canceled");
     let audit = app.api("/api/audit?workspace=dns").await;
     assert_eq!(audit["entries"][0]["action"], "cancel");
     app.stop().await;

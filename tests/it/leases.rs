@@ -385,6 +385,7 @@ async fn an_apply_whose_replica_is_cut_off_is_stopped_marked_interrupted_and_loc
     // Reaped in one transaction with the lock, and never retried.
     assert_eq!(run.len(), 1, "{run:?}");
     assert_eq!(run[0]["state_reason"], "interrupted during apply");
+    assert_eq!(run[0]["failure"], "interrupted_apply");
     let store = &b.ctx.store;
     assert_eq!(
         states(store, id).await,

@@ -155,5 +155,5 @@ async fn a_run_past_its_timeout_is_killed() {
 /// A job of run 1 of `workspace`.
 fn spec(config: &gantry::Config, workspace: &str, phase: JobPhase) -> JobSpec {
     let ws = config.workspace(workspace).unwrap();
-    gantry::runs::execute::job_spec(config, ws, 1, "0000000", phase)
+    gantry::runs::job::job_spec(config, ws, 1, "0000000", phase)
 }

@@ -359,7 +359,7 @@ workspaces:
     .unwrap();
 
     let ws = config2.workspace("network").unwrap();
-    let job = |phase| gantry::runs::execute::job_spec(&config2, ws, 7, "0000000", phase);
+    let job = |phase| gantry::runs::job::job_spec(&config2, ws, 7, "0000000", phase);
     let plan = job(JobPhase::Plan);
     write_file(
         &runner.workdir(&plan).join("main.tf"),
