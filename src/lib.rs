@@ -10,6 +10,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`config`] | config file: load, validate, hot reload |
+//! | [`settings`] | the live config, its providers and redactor, swapped together on reload |
 //! | [`vcs`] | `VcsProvider`; GitHub, GitLab, Bitbucket Cloud and Azure DevOps webhooks, statuses, comments |
 //! | [`ingest`] | `POST /webhooks/{provider}` |
 //! | [`git`] | mirror cache, diffs, checkouts |
@@ -42,6 +43,7 @@ pub mod report;
 pub mod retention;
 pub mod runner;
 pub mod runs;
+pub mod settings;
 pub mod state;
 pub mod store;
 pub mod telemetry;

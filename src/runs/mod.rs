@@ -24,6 +24,7 @@ pub mod command;
 pub mod dispatch;
 pub mod execute;
 pub mod heartbeat;
+pub mod running;
 
 use std::fmt;
 

@@ -16,6 +16,7 @@ mod policy_sets;
 mod retention;
 mod runs;
 mod state;
+mod wake;
 mod workspaces;
 
 use std::str::FromStr;
@@ -34,6 +35,7 @@ pub use policy_sets::{listen_policy_sets, PolicySetWrite, StoredPolicySet, POLIC
 pub use retention::{Cutoffs, Pruned};
 pub use runs::{NewRun, TickOutcome};
 pub use state::{PutState, RunToken, SpooledState, StateLock};
+pub use wake::{EventsStored, RunsQueued};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, StateVersion, WorkspaceLock};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
