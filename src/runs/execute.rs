@@ -6,22 +6,62 @@
 //! nothing was applied to the workspace since that plan was made and the
 //! workspace is not locked.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Ctx;
-use crate::config::Workspace;
-use crate::policy::groups::Verdict;
+use crate::config::{Config, Workspace};
+use crate::git::Mirrors;
+use crate::outbox::Outbox;
+use crate::policy::groups::{Policies, Verdict};
 use crate::policy::EnforcementLevel;
+use crate::redact::Redactor;
 use crate::runner::{
-    BackendConfig, JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError,
+    BackendConfig, JobPhase, JobSpec, LocalRunner, LogSink, RunDirs, Runner, RunnerError, Sandbox,
 };
 use crate::runs::artifacts::RunLog;
 use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
+use crate::runs::running::Running;
 use crate::runs::{Run, RunKind, RunState};
-use crate::store::{Audit, Lease};
+use crate::settings::Settings;
+use crate::store::{Audit, Lease, Store};
+
+/// What executing a run uses.
+pub struct Deps {
+    pub settings: Settings,
+    pub store: Store,
+    pub mirrors: Mirrors,
+    /// A run's statuses, comments and drift notifications.
+    pub outbox: Outbox,
+    pub policies: Policies,
+    /// Where this run's cancel token is found by a cancel request.
+    pub running: Running,
+    /// The sandbox terraform runs in; `None` only with `runner.sandbox: off`.
+    pub sandbox: Option<Sandbox>,
+    /// The address the HTTP server is bound to (runs reach the state backend
+    /// there unless `state_backend_url` says otherwise).
+    pub local_addr: SocketAddr,
+    /// Canceled when this replica starts draining: plans stop and go back to
+    /// the queue, applies go on.
+    pub shutdown: CancellationToken,
+    /// Canceled when `shutdown_grace` is over: applies still running are
+    /// interrupted.
+    pub stop_runs: CancellationToken,
+}
+
+impl Deps {
+    /// The config now (read at each use: a reload applies to the next read).
+    pub fn config(&self) -> Arc<Config> {
+        self.settings.config()
+    }
+
+    /// The redactor for the current config.
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.settings.redactor()
+    }
+}
 
 /// A phase failure: the reason recorded on the run.
 struct Failure(String);
@@ -69,7 +109,7 @@ impl From<RunnerError> for Failure {
 }
 
 #[tracing::instrument(skip_all, fields(run.id = run.id, workspace.name = %run.workspace))]
-pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
+pub async fn execute(ctx: Arc<Deps>, run: Run, lease: Lease) {
     let ctx = &ctx;
     let started = std::time::Instant::now();
     // Reports are outbox rows: terraform never waits on the VCS API.
@@ -77,7 +117,7 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     reporter.changed(ctx).await;
 
     let cancel = ctx.stop_runs.child_token();
-    ctx.register_run(run.id, cancel.clone());
+    ctx.running.register_run(run.id, cancel.clone());
     let heartbeat = Heartbeat::spawn(
         ctx.store.clone(),
         lease.clone(),
@@ -107,7 +147,7 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     log.finish().await;
     drain.abort();
     let fenced = heartbeat.stop();
-    ctx.unregister_run(run.id);
+    ctx.running.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(ctx, run.id)).await;
 
     if fenced && result.is_err() {
@@ -174,7 +214,7 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     reporter.changed(ctx).await;
 }
 
-fn work_dir(ctx: &Ctx, run_id: i64) -> PathBuf {
+fn work_dir(ctx: &Deps, run_id: i64) -> PathBuf {
     ctx.config()
         .data_dir
         .join("work")
@@ -215,7 +255,7 @@ struct Prepared {
 
 /// Fetch (if the mirror lacks the commit), check out, and point gantry-kept
 /// state at gantry's backend.
-async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
+async fn prepare(ctx: &Deps, run: &Run) -> Result<Prepared, Failure> {
     let config = ctx.config();
     let workspace = config
         .workspace(&run.workspace)
@@ -226,12 +266,16 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
             ))
         })?
         .clone();
-    let provider = ctx.providers.load().get(&run.provider_id).ok_or_else(|| {
-        Failure(format!(
-            "provider {} is no longer configured",
-            run.provider_id
-        ))
-    })?;
+    let provider = ctx
+        .settings
+        .providers()
+        .get(&run.provider_id)
+        .ok_or_else(|| {
+            Failure(format!(
+                "provider {} is no longer configured",
+                run.provider_id
+            ))
+        })?;
     let mut mirror = crate::git::Mirror {
         path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
     };
@@ -239,7 +283,7 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
         mirror = match &run.head_repo {
             Some(fork) => {
                 crate::runs::dispatch::fetch_fork(
-                    ctx,
+                    &ctx.mirrors,
                     &*provider,
                     &run.repo,
                     fork,
@@ -280,7 +324,7 @@ async fn prepare(ctx: &Ctx, run: &Run) -> Result<Prepared, Failure> {
     } else {
         JobPhase::Plan
     };
-    let env = ctx.env.clone();
+    let env = ctx.settings.env.clone();
     let mut job = job_spec(&config, &workspace, run.id, &run.head_sha, phase);
     let workdir = dirs.checkout().join(&job.dir);
     let gantry_state = !crate::state::has_own_backend(&workdir);
@@ -332,7 +376,7 @@ fn backend_env_vars(creds: crate::state::RunCredentials) -> Vec<crate::runner::E
 
 /// Checks the run's commit out and moves it to `planning`.
 async fn start_planning(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     lease: &Lease,
     reporter: &RunReporter,
@@ -350,7 +394,7 @@ async fn start_planning(
 }
 
 async fn plan_run(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     lease: &Lease,
     cancel: &CancellationToken,
@@ -382,14 +426,23 @@ async fn plan_run(
         .iter()
         .any(|g| g.environments.contains(&prepared.workspace.environment));
     if governed {
-        let tfrun = tfrun(ctx, run, &prepared.workspace, &plan.summary, &cost).await;
+        let tfrun = tfrun(
+            &ctx.store,
+            &ctx.mirrors,
+            run,
+            &prepared.workspace,
+            &plan.summary,
+            &cost,
+        )
+        .await;
         // Policies never see values terraform marks sensitive, so no deny
         // message can carry one into a comment.
         let mut masked = plan.parsed.clone();
         crate::redact::mask_sensitive_plan(&mut masked);
         let input = crate::policy::input(masked, tfrun);
         let checks =
-            crate::policy::groups::evaluate(ctx, &prepared.workspace.environment, &input).await;
+            crate::policy::groups::evaluate(&ctx.policies, &prepared.workspace.environment, &input)
+                .await;
         ctx.store.set_policy_results(run.id, &checks).await?;
     }
     ctx.store
@@ -501,7 +554,7 @@ async fn plan_run(
 /// A drift check: plan the tracked branch head (refresh-only unless the
 /// workspace asks for `plan` mode), record the report, never apply.
 async fn drift_run(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     lease: &Lease,
     cancel: &CancellationToken,
@@ -530,7 +583,7 @@ async fn drift_run(
         .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
         .await?;
     if let Some(notify) = &prepared.workspace.drift_notify {
-        crate::outbox::notify_drift(ctx, &prepared.workspace, run, &report, notify).await;
+        crate::outbox::notify_drift(&ctx.outbox, &prepared.workspace, run, &report, notify).await;
     }
     ctx.store
         .record_plan(run.id, plan.summary, None, None)
@@ -580,19 +633,19 @@ pub fn policy_block_reason(run: &Run) -> String {
 
 /// The `tfrun` policy input, in Scalr's shape.
 pub(crate) async fn tfrun(
-    ctx: &Ctx,
+    store: &Store,
+    mirrors: &Mirrors,
     run: &Run,
     workspace: &Workspace,
     summary: &crate::runs::PlanSummary,
     cost: &crate::cost::CostEstimate,
 ) -> serde_json::Value {
     let mirror = crate::git::Mirror {
-        path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
+        path: mirrors.path_for(&run.provider_id, &run.repo),
     };
     let (message, author) = mirror.commit_info(&run.head_sha).unwrap_or_default();
     let event = match run.event_id {
-        Some(id) => ctx
-            .store
+        Some(id) => store
             .event(id)
             .await
             .ok()
@@ -644,7 +697,7 @@ pub(crate) async fn tfrun(
 
 /// A confirmed apply of a plan made earlier by this run.
 async fn apply_confirmed(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     lease: &Lease,
     cancel: &CancellationToken,
@@ -668,7 +721,7 @@ async fn apply_confirmed(
 }
 
 /// Why the saved plan of `run` may not be applied now, if it may not.
-async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
+async fn check_applicable(ctx: &Deps, run: &Run) -> Result<(), Failure> {
     if let Some(lock) = ctx.store.workspace_lock(&run.workspace).await? {
         return Err(Failure(format!(
             "apply refused: workspace {} is locked ({})",
@@ -709,7 +762,7 @@ async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
 
 #[allow(clippy::too_many_arguments)]
 async fn apply_phase(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     lease: &Lease,
     prepared: &Prepared,
@@ -733,7 +786,10 @@ async fn apply_phase(
     }
     // Once applying, only a cancel request, a lost lease or the end of the
     // shutdown grace stops the run, not the start of a drain.
-    let cancel = &ctx.run_token(run.id).unwrap_or_else(|| cancel.clone());
+    let cancel = &ctx
+        .running
+        .run_token(run.id)
+        .unwrap_or_else(|| cancel.clone());
     // The reviewed plan, from the store: whichever replica made it.
     let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh, &ctx.config().data_dir)
         .await
@@ -795,7 +851,7 @@ async fn apply_phase(
 /// workspace is locked with the reason and the audit log says so. The state
 /// terraform could not store (`errored.tfstate`) is kept in the spool.
 /// An apply stopped by shutdown is left to the reaper, which does the same.
-async fn lock_unfinished_apply(ctx: &Ctx, run: &Run, prepared: &Prepared, error: &RunnerError) {
+async fn lock_unfinished_apply(ctx: &Deps, run: &Run, prepared: &Prepared, error: &RunnerError) {
     if matches!(error, RunnerError::Canceled) && ctx.shutdown.is_cancelled() {
         return;
     }
@@ -860,7 +916,7 @@ async fn lock_unfinished_apply(ctx: &Ctx, run: &Run, prepared: &Prepared, error:
 
 /// The saved plan is not the plan that was reviewed: nothing is applied, the
 /// workspace is locked with the reason, and the audit log says so.
-async fn refuse_tampered_plan(ctx: &Ctx, run: &Run, expected: &str, actual: &str) -> Failure {
+async fn refuse_tampered_plan(ctx: &Deps, run: &Run, expected: &str, actual: &str) -> Failure {
     let reason = format!(
         "plan file of run {} changed after it was reviewed (sha256 {actual}, expected {expected}); apply refused",
         run.id
@@ -898,7 +954,7 @@ struct RunReporter {
 
 impl RunReporter {
     /// The run's state changed: queue its reports.
-    async fn changed(&self, ctx: &Ctx) {
-        crate::outbox::run_changed(ctx, self.run_id).await;
+    async fn changed(&self, ctx: &Deps) {
+        crate::outbox::run_changed(&ctx.outbox, self.run_id).await;
     }
 }
