@@ -4,9 +4,7 @@
 //! `api_token_env`); health endpoints and webhooks (which carry their own
 //! signatures) do not.
 
-use std::sync::Arc;
-
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -16,9 +14,53 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
 
-use crate::app::Ctx;
+use crate::git::Mirrors;
+use crate::outbox::Outbox;
+use crate::runs::running::Running;
 use crate::runs::{PlanSummary, Run};
+use crate::settings::Settings;
+use crate::store::{EventsStored, RunsQueued, Store};
+
+/// What the HTTP handlers use. Each handler extracts only its parts
+/// (`State<Store>`, `State<Settings>`, ...), through [`FromRef`].
+#[derive(Clone)]
+pub struct ApiState {
+    pub settings: Settings,
+    pub store: Store,
+    /// Drift checks requested through the API fetch the branch head.
+    pub mirrors: Mirrors,
+    /// A canceled run's final status.
+    pub outbox: Outbox,
+    /// Cancel requests reach the runs this process executes.
+    pub running: Running,
+    pub runs_queued: RunsQueued,
+    pub events_stored: EventsStored,
+    /// Canceled when this replica starts draining: `readyz` answers 503.
+    pub shutdown: CancellationToken,
+}
+
+macro_rules! substates {
+    ($($field:ident: $ty:ty),* $(,)?) => {$(
+        impl FromRef<ApiState> for $ty {
+            fn from_ref(state: &ApiState) -> $ty {
+                state.$field.clone()
+            }
+        }
+    )*};
+}
+
+substates! {
+    settings: Settings,
+    store: Store,
+    mirrors: Mirrors,
+    outbox: Outbox,
+    running: Running,
+    runs_queued: RunsQueued,
+    events_stored: EventsStored,
+    shutdown: CancellationToken,
+}
 
 /// The API's errors: a status and a short reason; details go to the log only.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +100,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub fn router(ctx: Arc<Ctx>) -> Router {
+pub fn router(state: ApiState) -> Router {
     let api = Router::new()
         .route("/runs", get(list_runs))
         .route("/runs/{id}", get(get_run))
@@ -75,8 +117,14 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/workspaces/{name}/drift", get(workspace_drift))
         .route("/drift", get(all_drift))
         .route("/audit", get(audit_log))
-        .route_layer(middleware::from_fn_with_state(ctx.clone(), require_token))
-        .layer(middleware::from_fn_with_state(ctx.clone(), redact_response));
+        .route_layer(middleware::from_fn_with_state(
+            state.settings.clone(),
+            require_token,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.settings.clone(),
+            redact_response,
+        ));
     Router::new()
         .route(
             "/webhooks/{provider_id}",
@@ -87,18 +135,18 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .nest_service(
             crate::state::http::PATH,
             crate::state::http::router(crate::state::http::Backend {
-                store: ctx.store.clone(),
-                config: ctx.config.clone(),
+                store: state.store.clone(),
+                config: state.settings.shared_config().clone(),
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(tower_http::trace::TraceLayer::new_for_http())
-        .with_state(ctx)
+        .with_state(state)
 }
 
 async fn require_token(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -108,7 +156,7 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    let config = ctx.config();
+    let config = settings.config();
     let expected = config.api_token.expose_secret().as_bytes();
     if !bool::from(presented.as_bytes().ct_eq(expected)) {
         return Err(ApiError::Unauthorized);
@@ -119,7 +167,7 @@ async fn require_token(
 /// Every `/api` response body goes through the redactor: secrets and their
 /// encodings that reached stored runs, states or audit details are masked on
 /// the way out (and Content-Length fixed).
-async fn redact_response(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) -> Response {
+async fn redact_response(State(settings): State<Settings>, req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let (mut parts, body) = response.into_parts();
     let bytes = match axum::body::to_bytes(body, usize::MAX).await {
@@ -129,7 +177,7 @@ async fn redact_response(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) 
             return (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response();
         }
     };
-    let redacted = match ctx.redactor().redact_bytes(&bytes) {
+    let redacted = match settings.redactor().redact_bytes(&bytes) {
         std::borrow::Cow::Borrowed(_) => None,
         std::borrow::Cow::Owned(v) => Some(v),
     };
@@ -144,12 +192,12 @@ async fn redact_response(State(ctx): State<Arc<Ctx>>, req: Request, next: Next) 
     Response::from_parts(parts, axum::body::Body::from(body))
 }
 
-async fn readyz(State(ctx): State<Arc<Ctx>>) -> Response {
-    if ctx.shutdown.is_cancelled() {
+async fn readyz(State(shutdown): State<CancellationToken>, State(store): State<Store>) -> Response {
+    if shutdown.is_cancelled() {
         // Out of the load balancer while the replica drains.
         return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
     }
-    match ctx.store.ping().await {
+    match store.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");
@@ -232,7 +280,7 @@ struct RunsQuery {
 }
 
 async fn list_runs(
-    State(ctx): State<Arc<Ctx>>,
+    State(store): State<Store>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(50);
@@ -241,7 +289,7 @@ async fn list_runs(
             "limit must be between 1 and 500".into(),
         ));
     }
-    let runs = ctx.store.list_runs(q.workspace.as_deref(), limit).await?;
+    let runs = store.list_runs(q.workspace.as_deref(), limit).await?;
     let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
     Ok(Json(json!({ "runs": views })))
 }
@@ -251,21 +299,20 @@ fn run_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::BadRequest(format!("`{id}` is not a run id")))
 }
 
-async fn find_run(ctx: &Ctx, id: i64) -> Result<Run, ApiError> {
-    ctx.store
+async fn find_run(store: &Store, id: i64) -> Result<Run, ApiError> {
+    store
         .run(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no run {id}")))
 }
 
 async fn get_run(
-    State(ctx): State<Arc<Ctx>>,
+    State(store): State<Store>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = run_id(&id)?;
-    let run = find_run(&ctx, id).await?;
-    let transitions: Vec<serde_json::Value> = ctx
-        .store
+    let run = find_run(&store, id).await?;
+    let transitions: Vec<serde_json::Value> = store
         .transitions(id)
         .await?
         .into_iter()
@@ -278,16 +325,19 @@ async fn get_run(
 
 /// The run's log as text, redacted, from the store: whichever replica ran
 /// it, and as far as it got if it is still running or was killed.
-async fn run_log(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Result<String, ApiError> {
+async fn run_log(State(store): State<Store>, Path(id): Path<String>) -> Result<String, ApiError> {
     let id = run_id(&id)?;
-    find_run(&ctx, id).await?;
-    Ok(ctx.store.run_log(id).await?.unwrap_or_default())
+    find_run(&store, id).await?;
+    Ok(store.run_log(id).await?.unwrap_or_default())
 }
 
-async fn list_workspaces(State(ctx): State<Arc<Ctx>>) -> Result<Json<serde_json::Value>, ApiError> {
-    let config = ctx.config();
-    let latest = ctx.store.latest_runs().await?;
-    let locks = ctx.store.workspace_locks().await?;
+async fn list_workspaces(
+    State(settings): State<Settings>,
+    State(store): State<Store>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let config = settings.config();
+    let latest = store.latest_runs().await?;
+    let locks = store.workspace_locks().await?;
     let list: Vec<serde_json::Value> = config
         .workspaces
         .iter()
@@ -321,12 +371,12 @@ const API_ACTOR: &str = "api";
 
 /// Records an API action on a run in the audit log.
 async fn audit_run(
-    ctx: &Ctx,
+    store: &Store,
     action: &str,
     run: &Run,
     detail: Option<&str>,
 ) -> Result<(), ApiError> {
-    ctx.store
+    store
         .audit(crate::store::Audit {
             actor: API_ACTOR,
             action,
@@ -342,12 +392,13 @@ async fn audit_run(
 /// `POST /api/runs/{id}/apply`: confirms a run waiting for confirmation (or
 /// applies a PR plan): its saved plan is applied when the workspace is free.
 async fn confirm_apply(
-    State(ctx): State<Arc<Ctx>>,
+    State(store): State<Store>,
+    State(runs_queued): State<RunsQueued>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = run_id(&id)?;
-    let run = find_run(&ctx, id).await?;
-    if let Some(lock) = ctx.store.workspace_lock(&run.workspace).await? {
+    let run = find_run(&store, id).await?;
+    if let Some(lock) = store.workspace_lock(&run.workspace).await? {
         return Err(ApiError::Conflict(format!(
             "workspace {} is locked: {}",
             run.workspace, lock.reason
@@ -362,15 +413,15 @@ async fn confirm_apply(
             crate::runs::execute::policy_block_reason(&run)
         )));
     }
-    if !ctx.store.request_apply(id, API_ACTOR).await? {
+    if !store.request_apply(id, API_ACTOR).await? {
         return Err(ApiError::Conflict(format!(
             "run {id} is {}; only a planned run or one that needs confirmation can be applied",
             run.state
         )));
     }
-    audit_run(&ctx, "confirm", &run, None).await?;
-    ctx.runs_queued.notify_one();
-    let run = find_run(&ctx, id).await?;
+    audit_run(&store, "confirm", &run, None).await?;
+    runs_queued.notify();
+    let run = find_run(&store, id).await?;
     Ok(Json(
         serde_json::to_value(RunView::from(&run)).map_err(anyhow::Error::from)?,
     ))
@@ -379,21 +430,23 @@ async fn confirm_apply(
 /// `POST /api/runs/{id}/cancel`: a queued run is canceled at once; a running
 /// one gets SIGINT, then SIGKILL after a grace period.
 async fn cancel_run(
-    State(ctx): State<Arc<Ctx>>,
+    State(store): State<Store>,
+    State(running): State<Running>,
+    State(outbox): State<Outbox>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = run_id(&id)?;
-    let run = find_run(&ctx, id).await?;
-    if !ctx.store.request_cancel(id, API_ACTOR).await? {
+    let run = find_run(&store, id).await?;
+    if !store.request_cancel(id, API_ACTOR).await? {
         return Err(ApiError::Conflict(format!(
             "run {id} is {} and cannot be canceled",
             run.state
         )));
     }
-    ctx.cancel_local_run(id);
+    running.cancel_local_run(id);
     // A queued or waiting run ends here; its status must say so.
-    crate::outbox::run_changed(&ctx, id).await;
-    audit_run(&ctx, "cancel", &run, None).await?;
+    crate::outbox::run_changed(&outbox, id).await;
+    audit_run(&store, "cancel", &run, None).await?;
     Ok(Json(json!({"status": "cancel requested", "run": id})))
 }
 
@@ -402,8 +455,9 @@ struct LockRequest {
     reason: Option<String>,
 }
 
-fn known_workspace(ctx: &Ctx, name: &str) -> Result<(), ApiError> {
-    ctx.config()
+fn known_workspace(settings: &Settings, name: &str) -> Result<(), ApiError> {
+    settings
+        .config()
         .workspace(name)
         .map(|_| ())
         .ok_or_else(|| ApiError::NotFound(format!("no workspace `{name}`")))
@@ -421,24 +475,24 @@ fn lock_reason(body: Option<Json<LockRequest>>) -> Result<String, ApiError> {
 }
 
 async fn lock_workspace(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
+    State(store): State<Store>,
     Path(name): Path<String>,
     body: Option<Json<LockRequest>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    known_workspace(&ctx, &name)?;
+    known_workspace(&settings, &name)?;
     let reason = lock_reason(body)?;
-    if !ctx
-        .store
+    if !store
         .lock_workspace(&name, &reason, API_ACTOR, None)
         .await?
     {
-        let lock = ctx.store.workspace_lock(&name).await?;
+        let lock = store.workspace_lock(&name).await?;
         return Err(ApiError::Conflict(format!(
             "workspace {name} is already locked: {}",
             lock.map(|l| l.reason).unwrap_or_default()
         )));
     }
-    ctx.store
+    store
         .audit(crate::store::Audit {
             actor: API_ACTOR,
             action: "lock",
@@ -453,18 +507,20 @@ async fn lock_workspace(
 }
 
 async fn unlock_workspace(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
+    State(store): State<Store>,
+    State(runs_queued): State<RunsQueued>,
     Path(name): Path<String>,
     body: Option<Json<LockRequest>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    known_workspace(&ctx, &name)?;
+    known_workspace(&settings, &name)?;
     let reason = lock_reason(body)?;
-    let Some(old) = ctx.store.unlock_workspace(&name).await? else {
+    let Some(old) = store.unlock_workspace(&name).await? else {
         return Err(ApiError::Conflict(format!(
             "workspace {name} is not locked"
         )));
     };
-    ctx.store
+    store
         .audit(crate::store::Audit {
             actor: API_ACTOR,
             action: "unlock",
@@ -474,16 +530,17 @@ async fn unlock_workspace(
             ..Default::default()
         })
         .await?;
-    ctx.runs_queued.notify_one();
+    runs_queued.notify();
     Ok(Json(json!({"workspace": name, "locked": false})))
 }
 
 async fn current_state(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
+    State(store): State<Store>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    known_workspace(&ctx, &name)?;
-    let v = ctx.store.latest_state(&name).await?.ok_or_else(|| {
+    known_workspace(&settings, &name)?;
+    let v = store.latest_state(&name).await?.ok_or_else(|| {
         ApiError::NotFound(format!("workspace {name} has no state kept by gantry"))
     })?;
     Ok((
@@ -494,12 +551,12 @@ async fn current_state(
 }
 
 async fn state_versions(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
+    State(store): State<Store>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    known_workspace(&ctx, &name)?;
-    let versions: Vec<serde_json::Value> = ctx
-        .store
+    known_workspace(&settings, &name)?;
+    let versions: Vec<serde_json::Value> = store
         .state_versions(&name)
         .await?
         .into_iter()
@@ -515,12 +572,11 @@ struct AuditQuery {
 }
 
 async fn audit_log(
-    State(ctx): State<Arc<Ctx>>,
+    State(store): State<Store>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries: Vec<serde_json::Value> = ctx
-        .store
+    let entries: Vec<serde_json::Value> = store
         .audit_log(q.workspace.as_deref(), limit)
         .await?
         .into_iter()
@@ -536,12 +592,12 @@ async fn audit_log(
 /// soft-mandatory policies failed be applied. Hard-mandatory failures cannot
 /// be overridden.
 async fn override_policy(
-    State(ctx): State<Arc<Ctx>>,
+    State(store): State<Store>,
     Path(id): Path<String>,
     body: Option<Json<LockRequest>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = run_id(&id)?;
-    let run = find_run(&ctx, id).await?;
+    let run = find_run(&store, id).await?;
     let reason = lock_reason(body)?;
     match run.policy_verdict() {
         crate::policy::groups::Verdict::SoftBlocked => {}
@@ -557,13 +613,13 @@ async fn override_policy(
         }
     }
     let by = format!("{API_ACTOR}: {reason}");
-    if !ctx.store.override_policy(id, &by).await? {
+    if !store.override_policy(id, &by).await? {
         return Err(ApiError::Conflict(format!(
             "run {id} is already overridden"
         )));
     }
-    audit_run(&ctx, "override", &run, Some(&reason)).await?;
-    let run = find_run(&ctx, id).await?;
+    audit_run(&store, "override", &run, Some(&reason)).await?;
+    let run = find_run(&store, id).await?;
     Ok(Json(
         serde_json::to_value(RunView::from(&run)).map_err(anyhow::Error::from)?,
     ))
@@ -579,24 +635,25 @@ fn drift_view(e: &crate::store::DriftEntry) -> serde_json::Value {
 /// `POST /api/workspaces/{name}/drift-check`: queues a drift check of the
 /// tracked branch head now.
 async fn drift_check(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
+    State(store): State<Store>,
+    State(mirrors): State<Mirrors>,
+    State(runs_queued): State<RunsQueued>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    known_workspace(&ctx, &name)?;
-    let config = ctx.config();
+    known_workspace(&settings, &name)?;
+    let config = settings.config();
     let ws = config.workspace(&name).expect("checked").clone();
-    let provider =
-        ctx.providers.load().get(&ws.provider).ok_or_else(|| {
-            ApiError::Conflict(format!("provider {} is not configured", ws.provider))
-        })?;
+    let provider = settings
+        .providers()
+        .get(&ws.provider)
+        .ok_or_else(|| ApiError::Conflict(format!("provider {} is not configured", ws.provider)))?;
     let branch_ref = format!("refs/heads/{}", ws.branch);
-    let (_, sha) = ctx
-        .mirrors
+    let (_, sha) = mirrors
         .fetch_branch(&*provider, &ws.repo, &ws.branch)
         .await
         .map_err(ApiError::Internal)?;
-    let runs = ctx
-        .store
+    let runs = store
         .insert_runs(&[crate::store::NewRun {
             workspace: ws.name.clone(),
             event_id: None,
@@ -611,8 +668,8 @@ async fn drift_check(
             head_repo: None,
         }])
         .await?;
-    audit_run(&ctx, "drift-check", &runs[0], None).await?;
-    ctx.runs_queued.notify_one();
+    audit_run(&store, "drift-check", &runs[0], None).await?;
+    runs_queued.notify();
     Ok(Json(
         serde_json::to_value(RunView::from(&runs[0])).map_err(anyhow::Error::from)?,
     ))
@@ -620,11 +677,12 @@ async fn drift_check(
 
 /// `GET /api/workspaces/{name}/drift`: the latest drift report and the history.
 async fn workspace_drift(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
+    State(store): State<Store>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    known_workspace(&ctx, &name)?;
-    let reports = ctx.store.drift_reports(&name, 100).await?;
+    known_workspace(&settings, &name)?;
+    let reports = store.drift_reports(&name, 100).await?;
     let history: Vec<serde_json::Value> = reports.iter().map(drift_view).collect();
     Ok(Json(
         json!({ "workspace": name, "latest": history.first().cloned(), "history": history }),
@@ -638,11 +696,10 @@ struct DriftQuery {
 
 /// `GET /api/drift?drifted=true`: the latest report of every workspace.
 async fn all_drift(
-    State(ctx): State<Arc<Ctx>>,
+    State(store): State<Store>,
     Query(q): Query<DriftQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let reports: Vec<serde_json::Value> = ctx
-        .store
+    let reports: Vec<serde_json::Value> = store
         .latest_drift_reports()
         .await?
         .iter()

@@ -1,58 +1,53 @@
 //! The application: everything `gantry serve` runs, built from a config so tests
-//! build the very same thing on port 0.
+//! build the very same thing on port 0. [`Ctx`] is the composition root, the
+//! one place that knows every component; each handler and loop gets only the
+//! components it uses.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, SharedConfig};
+use crate::api::ApiState;
+use crate::config::reload::Reloader;
+use crate::config::Config;
 use crate::git::Mirrors;
-use crate::redact::Redactor;
-use crate::store::Store;
-use crate::vcs::Providers;
+use crate::outbox::Outbox;
+use crate::policy::groups::{Policies, PolicyGroups};
+use crate::queue::DriftDeps;
+use crate::runs::running::Running;
+use crate::runs::{dispatch, execute};
+use crate::settings::Settings;
+use crate::store::{EventsStored, RunsQueued, Store};
+
+pub use crate::config::EnvFn;
 
 /// How long a claim on a run or event lasts without a heartbeat, unless
 /// `queue.lease` says otherwise (read `config().queue.lease`).
 pub const LEASE: Duration = crate::config::DEFAULT_LEASE;
 
-/// How long a draining replica waits for the reports and dispatches it has in
-/// flight before abandoning them: a shutdown never waits on VCS retries (an
-/// abandoned dispatch is handed back and redone by another replica).
-pub const DRAIN_IN_FLIGHT: Duration = Duration::from_secs(10);
-
-pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// Shared by the HTTP handlers, the dispatcher and the workers.
+/// The composition root: owns one of each component, and builds what each
+/// handler and loop receives (only what it uses). Nothing below `app` knows
+/// this type.
 pub struct Ctx {
-    pub config: SharedConfig,
-    pub providers: ArcSwap<Providers>,
-    /// Masks the config's secrets; swapped with the config. The process-wide
-    /// `redact::global()` (the log's) is set to the same one.
-    pub redactor: ArcSwap<Redactor>,
+    /// The config, providers and redactor, swapped together on reload.
+    pub settings: Settings,
     pub store: Store,
     pub mirrors: Mirrors,
-    pub env: EnvFn,
-    /// Wakes the workers when runs were queued.
-    pub runs_queued: Notify,
-    /// Wakes the dispatcher when an event was stored.
-    pub events_stored: Notify,
-    /// Wakes the outbox sender when a report was stored.
-    pub outbox_queued: Notify,
+    pub outbox: Outbox,
     /// Policy groups loaded by this process.
-    pub policy_groups: crate::policy::groups::PolicyGroups,
+    pub policy_groups: Arc<PolicyGroups>,
+    /// Cancel tokens of the runs this process is executing.
+    pub running: Running,
+    pub runs_queued: RunsQueued,
+    pub events_stored: EventsStored,
     /// The sandbox terraform runs in; `None` only with `runner.sandbox: off`.
     /// Probed once at start (a change of `runner.sandbox` needs a restart).
     pub sandbox: Option<crate::runner::Sandbox>,
-    /// Cancel tokens of the runs this process is executing.
-    running: Mutex<HashMap<i64, CancellationToken>>,
     /// Canceled when this replica starts draining (SIGTERM): the loops stop
     /// taking work, running plans go back to the queue, `readyz` answers 503.
     pub shutdown: CancellationToken,
@@ -66,74 +61,86 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn config(&self) -> Arc<Config> {
-        self.config.load_full()
+        self.settings.config()
     }
 
-    /// The redactor for the current config: every way out goes through it.
-    pub fn redactor(&self) -> Arc<Redactor> {
-        self.redactor.load_full()
-    }
-
-    pub fn register_run(&self, run_id: i64, cancel: CancellationToken) {
-        self.running
-            .lock()
-            .expect("running map poisoned")
-            .insert(run_id, cancel);
-    }
-
-    pub fn unregister_run(&self, run_id: i64) {
-        self.running
-            .lock()
-            .expect("running map poisoned")
-            .remove(&run_id);
-    }
-
-    /// The cancel token of a run this process is executing: a cancel
-    /// request, a lost lease or the end of the shutdown grace, but not the
-    /// start of a drain (which stops plans only).
-    pub fn run_token(&self, run_id: i64) -> Option<CancellationToken> {
-        self.running
-            .lock()
-            .expect("running map poisoned")
-            .get(&run_id)
-            .cloned()
-    }
-
-    /// Stops a run this process is executing (its terraform gets SIGINT, then
-    /// SIGKILL). Runs held by other replicas stop at their next heartbeat.
-    pub fn cancel_local_run(&self, run_id: i64) -> bool {
-        match self
-            .running
-            .lock()
-            .expect("running map poisoned")
-            .get(&run_id)
-        {
-            Some(token) => {
-                token.cancel();
-                true
-            }
-            None => false,
+    pub fn policies(&self) -> Policies {
+        Policies {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            mirrors: self.mirrors.clone(),
+            outbox: self.outbox.clone(),
+            policy_groups: self.policy_groups.clone(),
         }
     }
 
-    /// A link to a run for statuses, when `public_url` is configured.
-    pub fn run_url(&self, run_id: i64) -> Option<String> {
-        self.config()
-            .public_url
-            .as_ref()
-            .map(|u| format!("{u}/api/runs/{run_id}"))
+    fn dispatch(&self) -> dispatch::Deps {
+        dispatch::Deps {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            mirrors: self.mirrors.clone(),
+            outbox: self.outbox.clone(),
+            policies: self.policies(),
+            runs_queued: self.runs_queued.clone(),
+        }
     }
 
-    /// Swaps in a new configuration (hot reload).
-    pub fn apply_config(&self, config: Config) -> anyhow::Result<()> {
-        let redactor = Arc::new(Redactor::for_config(&config));
-        let providers = Providers::with_redactor(&config, redactor.clone())?;
-        crate::redact::set_global(Redactor::clone(&redactor));
-        self.redactor.store(redactor);
-        self.providers.store(Arc::new(providers));
-        self.config.store(Arc::new(config));
-        self.runs_queued.notify_one();
-        Ok(())
+    fn execute(&self) -> execute::Deps {
+        execute::Deps {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            mirrors: self.mirrors.clone(),
+            outbox: self.outbox.clone(),
+            policies: self.policies(),
+            running: self.running.clone(),
+            sandbox: self.sandbox.clone(),
+            local_addr: self.local_addr,
+            shutdown: self.shutdown.clone(),
+            stop_runs: self.stop_runs.clone(),
+        }
+    }
+
+    pub fn drift(&self) -> DriftDeps {
+        DriftDeps {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            mirrors: self.mirrors.clone(),
+            runs_queued: self.runs_queued.clone(),
+        }
+    }
+
+    fn api(&self) -> ApiState {
+        ApiState {
+            settings: self.settings.clone(),
+            store: self.store.clone(),
+            mirrors: self.mirrors.clone(),
+            outbox: self.outbox.clone(),
+            running: self.running.clone(),
+            runs_queued: self.runs_queued.clone(),
+            events_stored: self.events_stored.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// Hot reload: a valid new config is swapped in with its providers and
+    /// redactor, and the workers look again (`concurrency` may have grown).
+    fn reloader(&self) -> Reloader {
+        let (settings, runs_queued) = (self.settings.clone(), self.runs_queued.clone());
+        Reloader {
+            config: self.settings.shared_config().clone(),
+            env: self.settings.env.clone(),
+            apply: Box::new(move |config| {
+                settings.apply(config)?;
+                runs_queued.notify();
+                Ok(())
+            }),
+        }
+    }
+
+    /// Loads the config file again and applies it if valid (what the
+    /// watcher does on an edit). Returns whether it was applied.
+    pub fn reload(&self) -> bool {
+        crate::config::reload::reload(&self.reloader())
     }
 }
 
@@ -201,25 +208,21 @@ impl App {
         let sandbox = sandbox_for_runs(&config, &*env).await?;
         let store = Store::connect_sized(&config.database_url, pg_connections).await?;
         store.migrate().await?;
-        let redactor = Arc::new(Redactor::for_config(&config));
-        let providers = Providers::with_redactor(&config, redactor.clone())?;
-        crate::redact::set_global(Redactor::clone(&redactor));
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let mirrors = Mirrors::new(&config.data_dir);
+        let settings = Settings::new(config, env)?;
         let ctx = Arc::new(Ctx {
-            mirrors: Mirrors::new(&config.data_dir),
-            config: Arc::new(ArcSwap::from_pointee(config)),
-            providers: ArcSwap::from_pointee(providers),
-            redactor: ArcSwap::new(redactor),
+            outbox: Outbox::new(store.clone(), settings.clone(), sandbox.is_some()),
+            settings,
             store,
-            env,
-            runs_queued: Notify::new(),
-            events_stored: Notify::new(),
-            outbox_queued: Notify::new(),
-            running: Mutex::default(),
-            sandbox,
+            mirrors,
             policy_groups: Default::default(),
+            running: Running::default(),
+            runs_queued: RunsQueued::default(),
+            events_stored: EventsStored::default(),
+            sandbox,
             shutdown: CancellationToken::new(),
             stop_runs: CancellationToken::new(),
             local_addr: listener.local_addr().context("listener address")?,
@@ -249,8 +252,9 @@ impl App {
     /// stop taking work, `readyz` answers 503, running plans are stopped and
     /// go back to the queue for another replica, running applies finish
     /// within `shutdown_grace` (then they are interrupted), reports and
-    /// dispatches in flight get [`DRAIN_IN_FLIGHT`]. Last, what this process
-    /// still holds in the queue is handed back, and the HTTP server stops.
+    /// dispatches in flight get [`DRAIN_IN_FLIGHT`](crate::config::DRAIN_IN_FLIGHT).
+    /// Last, what this process still holds in the queue is handed back, and
+    /// the HTTP server stops.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -268,19 +272,41 @@ impl App {
         ctx.store.reap_reports().await?;
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(crate::queue::dispatcher(ctx.clone()));
-        tasks.spawn(crate::queue::workers(ctx.clone()));
-        tasks.spawn(crate::queue::reaper(ctx.clone()));
-        tasks.spawn(crate::queue::policy_sync(ctx.clone()));
-        tasks.spawn(crate::queue::drift_scheduler(ctx.clone()));
-        tasks.spawn(crate::retention::retention(
-            ctx.store.clone(),
-            ctx.config.clone(),
+        tasks.spawn(crate::queue::dispatcher(
+            Arc::new(ctx.dispatch()),
+            ctx.events_stored.clone(),
             ctx.shutdown.clone(),
         ));
-        tasks.spawn(crate::outbox::sender(ctx.clone()));
+        tasks.spawn(crate::queue::workers(
+            Arc::new(ctx.execute()),
+            ctx.runs_queued.clone(),
+        ));
+        tasks.spawn(crate::queue::reaper(
+            ctx.store.clone(),
+            ctx.settings.clone(),
+            ctx.outbox.clone(),
+            ctx.runs_queued.clone(),
+            ctx.shutdown.clone(),
+        ));
+        tasks.spawn(crate::queue::policy_sync(
+            ctx.policies(),
+            ctx.shutdown.clone(),
+        ));
+        tasks.spawn(crate::queue::drift_scheduler(
+            ctx.drift(),
+            ctx.shutdown.clone(),
+        ));
+        tasks.spawn(crate::retention::retention(
+            ctx.store.clone(),
+            ctx.settings.shared_config().clone(),
+            ctx.shutdown.clone(),
+        ));
+        tasks.spawn(crate::outbox::sender(
+            ctx.outbox.clone(),
+            ctx.shutdown.clone(),
+        ));
         if self.watch_config {
-            let watcher = crate::config::reload::watch(ctx.clone())?;
+            let watcher = crate::config::reload::watch(ctx.reloader(), ctx.shutdown.clone())?;
             tasks.spawn(async move {
                 watcher.await;
             });
@@ -302,7 +328,7 @@ impl App {
                 ctx.stop_runs.cancel();
             })
         };
-        let router = crate::api::router(ctx.clone());
+        let router = crate::api::router(ctx.api());
         tracing::info!(address = %self.listener.local_addr()?, "gantry listening on {}", self.listener.local_addr()?);
         // The server keeps answering while the replica drains (readyz: 503).
         let stop_serving = CancellationToken::new();

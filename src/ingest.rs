@@ -5,8 +5,6 @@
 //! terraform. A bad signature is 401 and stores nothing; a body gantry cannot
 //! parse is 400; one over the size limit is 413 (enforced by the router).
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -14,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::app::Ctx;
-use crate::store::NewEvent;
+use crate::settings::Settings;
+use crate::store::{EventsStored, NewEvent, Store};
 use crate::vcs::{Incoming, WebhookError};
 
 /// GitHub's own cap on webhook payloads.
@@ -26,12 +24,14 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
 }
 
 pub async fn webhook(
-    State(ctx): State<Arc<Ctx>>,
+    State(settings): State<Settings>,
+    State(store): State<Store>,
+    State(events_stored): State<EventsStored>,
     Path(provider_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(provider) = ctx.providers.load().get(&provider_id) else {
+    let Some(provider) = settings.providers().get(&provider_id) else {
         return reply(
             StatusCode::NOT_FOUND,
             json!({"error": format!("no provider `{provider_id}`")}),
@@ -76,11 +76,11 @@ pub async fn webhook(
                 state: if actionable { "pending" } else { "recorded" },
                 detail: None,
             };
-            match ctx.store.insert_event(&new).await {
+            match store.insert_event(&new).await {
                 Ok(Some(id)) => {
                     tracing::info!(provider.id = %provider_id, event.id = id, delivery.id = %delivery_id, event = %event_type, "webhook stored as event {id}");
                     if actionable {
-                        ctx.events_stored.notify_one();
+                        events_stored.notify();
                     }
                     reply(
                         StatusCode::ACCEPTED,

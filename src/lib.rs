@@ -10,6 +10,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | [`config`] | config file: load, validate, hot reload; the pricing catalog and drift settings it names |
+//! | [`settings`] | the live config, its providers and redactor, swapped together on reload |
 //! | [`vcs`] | `VcsProvider`; GitHub, GitLab, Bitbucket Cloud and Azure DevOps webhooks, statuses, comments |
 //! | [`commands`] | `/gantry …` comment commands |
 //! | [`ingest`] | `POST /webhooks/{provider}` |
@@ -56,6 +57,7 @@ pub mod report;
 pub mod retention;
 pub mod runner;
 pub mod runs;
+pub mod settings;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -16,13 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use crate::app::{Ctx, DRAIN_IN_FLIGHT};
-use crate::config::Workspace;
+use crate::config::{Workspace, DRAIN_IN_FLIGHT};
 use crate::report::{self, Section, COMMENT_MARKER};
-use crate::store::{short_sha, NewReport, ReportRow, StoreError};
+use crate::settings::Settings;
+use crate::store::{short_sha, NewReport, ReportRow, Store, StoreError};
 use crate::store::{Run, RunKind, RunState};
 use crate::vcs::{CommitStatus, StatusState, VcsError};
 
@@ -39,6 +40,50 @@ const MAX_REFUSED_ATTEMPTS: i64 = 10;
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// Finished rows are kept this long for inspection.
 const KEEP_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The outbox handle: queueing a report stores its row and wakes this
+/// process's sender; [`sender`] delivers them.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+    /// The public URL (status links), the redactor (drift webhooks) and the
+    /// providers reports are delivered through, as the config is now.
+    settings: Settings,
+    /// Wakes the sender when a report was stored.
+    queued: Arc<Notify>,
+    /// Whether terraform runs sandboxed: every comment says when it does not.
+    sandboxed: bool,
+}
+
+impl Outbox {
+    pub fn new(store: Store, settings: Settings, sandboxed: bool) -> Outbox {
+        Outbox {
+            store,
+            settings,
+            queued: Arc::default(),
+            sandboxed,
+        }
+    }
+
+    /// The store queued reports itself (reaped runs): wake the sender.
+    pub fn reports_queued(&self) {
+        self.queued.notify_one();
+    }
+
+    /// The footer every gantry comment ends with.
+    pub fn footer(&self) -> String {
+        report::footer(self.sandboxed)
+    }
+
+    /// A link to a run for statuses, when `public_url` is configured.
+    fn run_url(&self, run_id: i64) -> Option<String> {
+        self.settings
+            .config()
+            .public_url
+            .as_ref()
+            .map(|u| format!("{u}/api/runs/{run_id}"))
+    }
+}
 
 /// What one outbox row asks to send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +150,7 @@ impl Report {
 
 /// Stores `report` and wakes the sender. A failure is logged: a report is not
 /// part of the run.
-async fn enqueue(ctx: &Ctx, provider_id: &str, repo: &str, report: Report) {
+async fn enqueue(outbox: &Outbox, provider_id: &str, repo: &str, report: Report) {
     let (order_key, coalesce_key) = match &report {
         Report::Status { sha, context, .. } => {
             // The store builds the same key for run reports (store::outbox::run_status_key).
@@ -153,8 +198,8 @@ async fn enqueue(ctx: &Ctx, provider_id: &str, repo: &str, report: Report) {
         payload,
         skip_if_sent: matches!(report, Report::Status { .. }),
     };
-    match ctx.store.enqueue_report(&row).await {
-        Ok(Some(_)) => ctx.outbox_queued.notify_one(),
+    match outbox.store.enqueue_report(&row).await {
+        Ok(Some(_)) => outbox.queued.notify_one(),
         Ok(None) => {}
         Err(e) => {
             tracing::error!(error = %e, "storing a {} report for {repo} failed", report.kind())
@@ -162,15 +207,10 @@ async fn enqueue(ctx: &Ctx, provider_id: &str, repo: &str, report: Report) {
     }
 }
 
-/// The store queued reports itself (reaped runs): wake the sender.
-pub fn reports_queued(ctx: &Ctx) {
-    ctx.outbox_queued.notify_one();
-}
-
 /// Run `run_id`'s state changed: queue its commit status and its comment.
-pub async fn run_changed(ctx: &Ctx, run_id: i64) {
-    match ctx.store.run(run_id).await {
-        Ok(Some(run)) => report_run(ctx, &run).await,
+pub async fn run_changed(outbox: &Outbox, run_id: i64) {
+    match outbox.store.run(run_id).await {
+        Ok(Some(run)) => report_run(outbox, &run).await,
         Ok(None) => {}
         Err(e) => {
             tracing::warn!(run.id = run_id, error = %e, "reading run {run_id} for its report failed")
@@ -181,9 +221,9 @@ pub async fn run_changed(ctx: &Ctx, run_id: i64) {
 /// Queues the reports that show `run` as it is: its commit status (unless
 /// unchanged; drift checks report through their drift report), and its pull
 /// request's comment, or for a finished merge apply the merged PR's comment.
-pub async fn report_run(ctx: &Ctx, run: &Run) {
+pub async fn report_run(outbox: &Outbox, run: &Run) {
     if run.kind != RunKind::Drift {
-        let status = report::status_for(run, ctx.run_url(run.id));
+        let status = report::status_for(run, outbox.run_url(run.id));
         let report = Report::Status {
             run_id: Some(run.id),
             sha: run.head_sha.clone(),
@@ -193,27 +233,27 @@ pub async fn report_run(ctx: &Ctx, run: &Run) {
             target_url: status.target_url,
             pull_request: status.pull_request,
         };
-        enqueue(ctx, &run.provider_id, &run.repo, report).await;
+        enqueue(outbox, &run.provider_id, &run.repo, report).await;
     }
-    report_comments(ctx, run).await;
+    report_comments(outbox, run).await;
 }
 
 /// Queues a refresh of the comment that shows `run`: its pull request's, or
 /// for a finished merge apply the merged PR's.
-async fn report_comments(ctx: &Ctx, run: &Run) {
+async fn report_comments(outbox: &Outbox, run: &Run) {
     if let Some(pr) = run.pr_number {
-        refresh_pr_comment(ctx, &run.provider_id, &run.repo, pr, None).await;
+        refresh_pr_comment(outbox, &run.provider_id, &run.repo, pr, None).await;
     } else if run.kind == RunKind::Apply && run.state.is_terminal() {
         let report = Report::ApplyComment {
             sha: run.head_sha.clone(),
         };
-        enqueue(ctx, &run.provider_id, &run.repo, report).await;
+        enqueue(outbox, &run.provider_id, &run.repo, report).await;
     }
 }
 
 /// Queues a commit status no run owns (e.g. policy impact).
 pub async fn post_status(
-    ctx: &Ctx,
+    outbox: &Outbox,
     provider_id: &str,
     repo: &str,
     sha: &str,
@@ -228,13 +268,13 @@ pub async fn post_status(
         target_url: status.target_url,
         pull_request: status.pull_request,
     };
-    enqueue(ctx, provider_id, repo, report).await;
+    enqueue(outbox, provider_id, repo, report).await;
 }
 
 /// Queues `body` as gantry's one comment of `kind` on a pull request, found
 /// again by `marker` (which `body` carries).
 pub async fn put_comment(
-    ctx: &Ctx,
+    outbox: &Outbox,
     provider_id: &str,
     repo: &str,
     pr: i64,
@@ -248,14 +288,14 @@ pub async fn put_comment(
         marker: marker.to_string(),
         body,
     };
-    enqueue(ctx, provider_id, repo, report).await;
+    enqueue(outbox, provider_id, repo, report).await;
 }
 
 /// Queues a refresh of the PR's one gantry comment. `nothing_affected_at` is
 /// a newest head that affects no workspace: an existing comment says so, and
 /// a PR without a comment gets none.
 pub async fn refresh_pr_comment(
-    ctx: &Ctx,
+    outbox: &Outbox,
     provider_id: &str,
     repo: &str,
     pr: i64,
@@ -265,14 +305,14 @@ pub async fn refresh_pr_comment(
         pr,
         nothing_affected_at: nothing_affected_at.map(str::to_string),
     };
-    enqueue(ctx, provider_id, repo, report).await;
+    enqueue(outbox, provider_id, repo, report).await;
 }
 
 /// Queues a drift check's notification: the workspace's drift issue is
 /// opened, updated or closed; or the report is POSTed to the webhook (on drift
 /// only).
 pub async fn notify_drift(
-    ctx: &Ctx,
+    outbox: &Outbox,
     ws: &Workspace,
     run: &Run,
     report: &crate::drift::DriftReport,
@@ -302,11 +342,11 @@ pub async fn notify_drift(
             // The way out goes through the redactor, like every report.
             Report::DriftWebhook {
                 workspace: ws.name.clone(),
-                body: ctx.redactor().redact(&body.to_string()),
+                body: outbox.settings.redactor().redact(&body.to_string()),
             }
         }
     };
-    enqueue(ctx, &ws.provider, &ws.repo, out).await;
+    enqueue(outbox, &ws.provider, &ws.repo, out).await;
 }
 
 /// The text of a drift notification.
@@ -342,8 +382,8 @@ fn drift_text(ws: &Workspace, run: &Run, report: &crate::drift::DriftReport) -> 
 /// at once. Then deliveries in flight get [`DRAIN_IN_FLIGHT`], and what is
 /// left is released for another replica or the next start: a shutdown never
 /// waits on VCS retries.
-pub async fn sender(ctx: Arc<Ctx>) {
-    let node = ctx.config().node_id.clone();
+pub async fn sender(outbox: Outbox, shutdown: CancellationToken) {
+    let node = outbox.settings.config().node_id.clone();
     let slots = Arc::new(Semaphore::new(SENDERS));
     let mut running = JoinSet::new();
     let mut last_cleanup = tokio::time::Instant::now();
@@ -351,17 +391,17 @@ pub async fn sender(ctx: Arc<Ctx>) {
         while running.try_join_next().is_some() {}
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         };
         let (node, lease) = {
-            let config = ctx.config();
+            let config = outbox.settings.config();
             (config.node_id.clone(), config.queue.lease)
         };
-        match ctx.store.claim_report(&node, lease).await {
+        match outbox.store.claim_report(&node, lease).await {
             Ok(Some(row)) => {
-                let ctx = ctx.clone();
+                let outbox = outbox.clone();
                 running.spawn(async move {
-                    deliver_row(&ctx, row, &node, lease).await;
+                    deliver_row(&outbox, row, &node, lease).await;
                     drop(permit);
                 });
                 continue;
@@ -375,14 +415,14 @@ pub async fn sender(ctx: Arc<Ctx>) {
         if last_cleanup.elapsed() > Duration::from_secs(3600) {
             last_cleanup = tokio::time::Instant::now();
             let before = crate::store::now_ms() - KEEP_FINISHED.as_millis() as i64;
-            if let Err(e) = ctx.store.delete_finished_reports(before).await {
+            if let Err(e) = outbox.store.delete_finished_reports(before).await {
                 tracing::warn!(error = %e, "deleting old reports failed");
             }
         }
         tokio::select! {
-            _ = ctx.outbox_queued.notified() => {}
+            _ = outbox.queued.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         }
     }
     // Draining: deliveries in flight get a moment, then are abandoned (their
@@ -395,7 +435,7 @@ pub async fn sender(ctx: Arc<Ctx>) {
         );
         running.shutdown().await;
     }
-    match ctx.store.release_reports(&node).await {
+    match outbox.store.release_reports(&node).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} reports in flight left for the next sender"),
         Err(e) => tracing::warn!(error = %e, "releasing reports in flight failed"),
@@ -405,11 +445,11 @@ pub async fn sender(ctx: Arc<Ctx>) {
 /// Delivers one claimed row and records how it went. The claim's lease (the
 /// queue's) is renewed while the delivery lasts, so the report of a sender
 /// that died is taken over within one lease, not after the delivery timeout.
-async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str, lease: Duration) {
+async fn deliver_row(outbox: &Outbox, row: ReportRow, node: &str, lease: Duration) {
     let delivery = async {
         match serde_json::from_str::<Report>(&row.payload) {
             Ok(report) => {
-                match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(ctx, &row, &report)).await {
+                match tokio::time::timeout(DELIVERY_TIMEOUT, deliver(outbox, &row, &report)).await {
                     Ok(r) => r,
                     Err(_) => Err(DeliveryError::TimedOut),
                 }
@@ -420,7 +460,7 @@ async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str, lease: Duration) {
     let renew = async {
         loop {
             tokio::time::sleep(lease / 3).await;
-            match ctx.store.renew_report(row.id, node, lease).await {
+            match outbox.store.renew_report(row.id, node, lease).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(
                     report.id = row.id,
@@ -447,12 +487,12 @@ async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str, lease: Duration) {
             );
             if row.attempts > 1 {
                 // The API answers again: what waited out a backoff goes now.
-                if let Err(e) = ctx.store.reports_due_now(&row.provider_id).await {
+                if let Err(e) = outbox.store.reports_due_now(&row.provider_id).await {
                     tracing::warn!(error = %e, "rescheduling reports failed");
                 }
-                ctx.outbox_queued.notify_one();
+                outbox.queued.notify_one();
             }
-            ctx.store.finish_report(row.id, node, true, None).await
+            outbox.store.finish_report(row.id, node, true, None).await
         }
         Err(e) => {
             let age = crate::store::now_ms() - row.created_at;
@@ -462,13 +502,17 @@ async fn deliver_row(ctx: &Ctx, row: ReportRow, node: &str, lease: Duration) {
             let message = e.to_string();
             if give_up {
                 tracing::error!(report.id = row.id, error = %message, "{} report {} for {} given up after {} attempts", row.kind, row.id, row.repo, row.attempts);
-                ctx.store
+                outbox
+                    .store
                     .finish_report(row.id, node, false, Some(&message))
                     .await
             } else {
                 let delay = backoff(row.attempts);
                 tracing::warn!(report.id = row.id, error = %message, retry_in_ms = delay.as_millis() as u64, "{} report {} for {} failed; retrying", row.kind, row.id, row.repo);
-                ctx.store.retry_report(row.id, node, &message, delay).await
+                outbox
+                    .store
+                    .retry_report(row.id, node, &message, delay)
+                    .await
             }
         }
     };
@@ -521,13 +565,17 @@ impl DeliveryError {
     }
 }
 
-async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), DeliveryError> {
-    let provider = ctx.providers.load().get(&row.provider_id).ok_or_else(|| {
-        DeliveryError::Gone(format!(
-            "provider {} is no longer configured",
-            row.provider_id
-        ))
-    })?;
+async fn deliver(outbox: &Outbox, row: &ReportRow, report: &Report) -> Result<(), DeliveryError> {
+    let provider = outbox
+        .settings
+        .providers()
+        .get(&row.provider_id)
+        .ok_or_else(|| {
+            DeliveryError::Gone(format!(
+                "provider {} is no longer configured",
+                row.provider_id
+            ))
+        })?;
     let repo = row.repo.as_str();
     match report {
         Report::Status {
@@ -549,21 +597,21 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
             provider.set_status(repo, sha, &status).await?;
         }
         Report::RunEnd { run_id } => {
-            let Some(run) = ctx.store.run(*run_id).await? else {
+            let Some(run) = outbox.store.run(*run_id).await? else {
                 return Ok(());
             };
             if run.kind != RunKind::Drift {
-                let status = report::status_for(&run, ctx.run_url(run.id));
+                let status = report::status_for(&run, outbox.run_url(run.id));
                 provider.set_status(repo, &run.head_sha, &status).await?;
             }
-            report_comments(ctx, &run).await;
+            report_comments(outbox, &run).await;
         }
         Report::PrComment {
             pr,
             nothing_affected_at,
         } => {
             upsert_comment(
-                ctx,
+                outbox,
                 &*provider,
                 &row.provider_id,
                 repo,
@@ -573,7 +621,10 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
                 || async {
                     match nothing_affected_at {
                         Some(sha) => Ok(Some((sha.to_string(), Vec::new()))),
-                        None => Ok(ctx.store.pr_head_runs(&row.provider_id, repo, *pr).await?),
+                        None => Ok(outbox
+                            .store
+                            .pr_head_runs(&row.provider_id, repo, *pr)
+                            .await?),
                     }
                 },
             )
@@ -586,7 +637,7 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
             };
             let kind = format!("apply:{sha}");
             upsert_comment(
-                ctx,
+                outbox,
                 &*provider,
                 &row.provider_id,
                 repo,
@@ -594,7 +645,7 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
                 &kind,
                 false,
                 || async {
-                    let runs = ctx
+                    let runs = outbox
                         .store
                         .commit_runs(&row.provider_id, repo, sha, RunKind::Apply)
                         .await?;
@@ -609,7 +660,7 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
             marker,
             body,
         } => {
-            let slot = ctx
+            let slot = outbox
                 .store
                 .lock_pr_comment(&row.provider_id, repo, *pr, comment_kind)
                 .await?;
@@ -631,24 +682,27 @@ async fn deliver(ctx: &Ctx, row: &ReportRow, report: &Report) -> Result<(), Deli
             text,
             drifted,
         } => {
-            let open = ctx.store.drift_issue(workspace).await?;
+            let open = outbox.store.drift_issue(workspace).await?;
             match (drifted, open) {
                 (true, Some((repo, number))) => {
                     provider.update_issue(&repo, number, text, false).await?
                 }
                 (true, None) => {
                     let number = provider.create_issue(repo, title, text).await?;
-                    ctx.store.set_drift_issue(workspace, repo, number).await?;
+                    outbox
+                        .store
+                        .set_drift_issue(workspace, repo, number)
+                        .await?;
                 }
                 (false, Some((repo, number))) => {
                     provider.update_issue(&repo, number, text, true).await?;
-                    ctx.store.clear_drift_issue(workspace).await?;
+                    outbox.store.clear_drift_issue(workspace).await?;
                 }
                 (false, None) => {}
             }
         }
         Report::DriftWebhook { workspace, body } => {
-            let config = ctx.config();
+            let config = outbox.settings.config();
             let url = match config
                 .workspace(workspace)
                 .and_then(|w| w.drift_notify.as_ref())
@@ -693,7 +747,7 @@ async fn post_webhook(url: &str, body: &str) -> Result<(), DeliveryError> {
 /// creates or edits one gantry comment of `kind` on a pull request.
 #[allow(clippy::too_many_arguments)]
 async fn upsert_comment<F, Fut>(
-    ctx: &Ctx,
+    outbox: &Outbox,
     provider: &dyn crate::vcs::VcsProvider,
     provider_id: &str,
     repo: &str,
@@ -706,7 +760,7 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<Option<(String, Vec<Run>)>, StoreError>>,
 {
-    let slot = ctx
+    let slot = outbox
         .store
         .lock_pr_comment(provider_id, repo, pr, kind)
         .await?;
@@ -716,16 +770,16 @@ where
     let mut sections = Vec::with_capacity(runs.len());
     for run in &runs {
         let output = match run.state {
-            RunState::Applied | RunState::Applying => ctx.store.apply_text(run.id).await?,
+            RunState::Applied | RunState::Applying => outbox.store.apply_text(run.id).await?,
             RunState::Errored if run.failure == Some(crate::store::FailureKind::Apply) => {
-                ctx.store.apply_text(run.id).await?
+                outbox.store.apply_text(run.id).await?
             }
             RunState::Planned | RunState::NeedsConfirmation | RunState::Errored => {
-                ctx.store.plan_text(run.id).await?
+                outbox.store.plan_text(run.id).await?
             }
             _ => None,
         };
-        let lock = ctx.store.workspace_lock(&run.workspace).await?;
+        let lock = outbox.store.workspace_lock(&run.workspace).await?;
         sections.push(Section { run, output, lock });
     }
     let marker = if kind == "plan" {
@@ -733,7 +787,7 @@ where
     } else {
         report::apply_marker(&head)
     };
-    let footer = report::footer(ctx.sandbox.is_some());
+    let footer = outbox.footer();
     let limit = provider.comment_limit().saturating_sub(footer.len());
     let body = report::render_comment(&head, &sections, limit, &marker) + &footer;
     let id = write_comment(

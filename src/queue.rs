@@ -10,36 +10,47 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use crate::app::{Ctx, DRAIN_IN_FLIGHT};
+use crate::config::DRAIN_IN_FLIGHT;
+use crate::git::Mirrors;
+use crate::outbox::Outbox;
+use crate::policy::groups::Policies;
+use crate::runs::{dispatch, execute};
+use crate::settings::Settings;
+use crate::store::{EventsStored, RunsQueued, Store};
 
 const POLL: Duration = Duration::from_secs(1);
 const REAP_EVERY: Duration = Duration::from_secs(15);
 
 /// Waits for a wake-up, the poll interval, or shutdown. False on shutdown.
-async fn idle(ctx: &Ctx, wake: &tokio::sync::Notify) -> bool {
+async fn idle(wake: impl std::future::Future<Output = ()>, shutdown: &CancellationToken) -> bool {
     tokio::select! {
-        _ = wake.notified() => true,
+        _ = wake => true,
         _ = tokio::time::sleep(POLL) => true,
-        _ = ctx.shutdown.cancelled() => false,
+        _ = shutdown.cancelled() => false,
     }
 }
 
 /// Dispatches stored events one at a time per repository (the claim query
 /// enforces that), up to two repositories at once.
-pub async fn dispatcher(ctx: Arc<Ctx>) {
+pub async fn dispatcher(
+    ctx: Arc<dispatch::Deps>,
+    events_stored: EventsStored,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(2));
     let mut running = JoinSet::new();
     loop {
-        if ctx.shutdown.is_cancelled() {
+        if shutdown.is_cancelled() {
             break;
         }
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         };
-        let node = ctx.config().node_id.clone();
-        let lease = ctx.config().queue.lease;
+        let node = ctx.settings.config().node_id.clone();
+        let lease = ctx.settings.config().queue.lease;
         match ctx.store.claim_event(&node, lease).await {
             Ok(Some((event, lease))) => {
                 let ctx = ctx.clone();
@@ -50,14 +61,14 @@ pub async fn dispatcher(ctx: Arc<Ctx>) {
             }
             Ok(None) => {
                 drop(permit);
-                if !idle(&ctx, &ctx.events_stored).await {
+                if !idle(events_stored.notified(), &shutdown).await {
                     break;
                 }
             }
             Err(e) => {
                 drop(permit);
                 tracing::error!(error = %e, "claiming an event failed");
-                if !idle(&ctx, &ctx.events_stored).await {
+                if !idle(events_stored.notified(), &shutdown).await {
                     break;
                 }
             }
@@ -78,7 +89,7 @@ pub async fn dispatcher(ctx: Arc<Ctx>) {
 
 /// Runs up to `concurrency` runs at once (re-read from the config on every
 /// claim, so a reload can raise or lower it).
-pub async fn workers(ctx: Arc<Ctx>) {
+pub async fn workers(ctx: Arc<execute::Deps>, runs_queued: RunsQueued) {
     let mut running = JoinSet::new();
     loop {
         while running.try_join_next().is_some() {}
@@ -100,13 +111,13 @@ pub async fn workers(ctx: Arc<Ctx>) {
                 running.spawn(crate::runs::execute::execute(ctx, run, lease));
             }
             Ok(None) => {
-                if !idle(&ctx, &ctx.runs_queued).await {
+                if !idle(runs_queued.notified(), &ctx.shutdown).await {
                     break;
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "claiming a run failed");
-                if !idle(&ctx, &ctx.runs_queued).await {
+                if !idle(runs_queued.notified(), &ctx.shutdown).await {
                     break;
                 }
             }
@@ -119,29 +130,35 @@ pub async fn workers(ctx: Arc<Ctx>) {
 
 /// Takes back runs and events whose holder stopped heartbeating (their lease
 /// expired), checking every quarter lease (at most every 15 s).
-pub async fn reaper(ctx: Arc<Ctx>) {
+pub async fn reaper(
+    store: Store,
+    settings: Settings,
+    outbox: Outbox,
+    runs_queued: RunsQueued,
+    shutdown: CancellationToken,
+) {
     loop {
-        let every = (ctx.config().queue.lease / 4).min(REAP_EVERY);
+        let every = (settings.config().queue.lease / 4).min(REAP_EVERY);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         }
-        match ctx.store.reap_runs().await {
+        match store.reap_runs().await {
             Ok(runs) if !runs.is_empty() => {
                 for r in &runs {
                     tracing::warn!(run.id = r.id, workspace.name = %r.workspace, "run {} lost its worker; marked interrupted", r.id);
                 }
                 // Their final statuses and comments were queued with their end.
-                crate::outbox::reports_queued(&ctx);
-                ctx.runs_queued.notify_one();
+                outbox.reports_queued();
+                runs_queued.notify();
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "reaping runs failed"),
         }
-        if let Err(e) = ctx.store.reap_events().await {
+        if let Err(e) = store.reap_events().await {
             tracing::error!(error = %e, "reaping events failed");
         }
-        if let Err(e) = ctx.store.reap_reports().await {
+        if let Err(e) = store.reap_reports().await {
             tracing::error!(error = %e, "reaping reports failed");
         }
     }
@@ -153,17 +170,21 @@ const POLICY_SYNC_EVERY: Duration = Duration::from_secs(600);
 /// Loads every policy group at start, then keeps them fresh: fetched every
 /// [`POLICY_SYNC_EVERY`] (a push webhook reloads at once), and the sets other
 /// replicas store are picked up within seconds (`groups::watch`).
-pub async fn policy_sync(ctx: Arc<Ctx>) {
+pub async fn policy_sync(policies: Policies, shutdown: CancellationToken) {
     // Listening before the first load, so no change after it is missed.
     let (listening, ready) = tokio::sync::oneshot::channel();
-    let watcher = tokio::spawn(crate::policy::groups::watch(ctx.clone(), move || {
-        let _ = listening.send(());
-    }));
+    let watcher = tokio::spawn(crate::policy::groups::watch(
+        policies.clone(),
+        shutdown.clone(),
+        move || {
+            let _ = listening.send(());
+        },
+    ));
     let _ = ready.await;
     loop {
         let pass = async {
-            for g in ctx.config().policy_groups.clone() {
-                if let Err(e) = crate::policy::groups::sync(&ctx, &g).await {
+            for g in policies.settings.config().policy_groups.clone() {
+                if let Err(e) = crate::policy::groups::sync(&policies, &g).await {
                     tracing::warn!(policy_group = %g.name, "policy group {} not synced: {e}", g.name);
                 }
             }
@@ -171,14 +192,24 @@ pub async fn policy_sync(ctx: Arc<Ctx>) {
         tokio::select! {
             _ = pass => {}
             // A sync may wait on the VCS API; a shutdown does not.
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         }
         tokio::select! {
             _ = tokio::time::sleep(POLICY_SYNC_EVERY) => {}
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         }
     }
     let _ = watcher.await;
+}
+
+/// What the drift scheduler uses.
+#[derive(Clone)]
+pub struct DriftDeps {
+    pub settings: Settings,
+    pub store: Store,
+    /// Fetches each workspace's branch head, the commit a check plans.
+    pub mirrors: Mirrors,
+    pub runs_queued: RunsQueued,
 }
 
 /// How often the drift scheduler looks for due ticks.
@@ -191,11 +222,11 @@ const DRIFT_EVERY: Duration = Duration::from_secs(20);
 /// database; a workspace with a run active or queued has the tick recorded
 /// as skipped.
 pub async fn drift_pass(
-    ctx: &Ctx,
+    ctx: &DriftDeps,
     since: chrono::DateTime<chrono::Utc>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Vec<(String, crate::store::TickOutcome)> {
-    let config = ctx.config();
+    let config = ctx.settings.config();
     let mut out = Vec::new();
     for ws in &config.workspaces {
         let Some(schedule) = &ws.drift_schedule else {
@@ -212,7 +243,7 @@ pub async fn drift_pass(
         else {
             continue;
         };
-        let Some(provider) = ctx.providers.load().get(&ws.provider) else {
+        let Some(provider) = ctx.settings.providers().get(&ws.provider) else {
             continue;
         };
         let branch_ref = format!("refs/heads/{}", ws.branch);
@@ -247,7 +278,7 @@ pub async fn drift_pass(
                 match &outcome {
                     crate::store::TickOutcome::Queued(r) => {
                         tracing::info!(workspace.name = %ws.name, run.id = r.id, "drift check {} queued for the {} tick", r.id, tick);
-                        ctx.runs_queued.notify_one();
+                        ctx.runs_queued.notify();
                     }
                     crate::store::TickOutcome::Skipped => {
                         tracing::info!(workspace.name = %ws.name, "drift tick {tick} skipped: a run is active or queued")
@@ -265,16 +296,16 @@ pub async fn drift_pass(
 }
 
 /// Runs [`drift_pass`] every few seconds until shutdown.
-pub async fn drift_scheduler(ctx: Arc<Ctx>) {
+pub async fn drift_scheduler(ctx: DriftDeps, shutdown: CancellationToken) {
     let since = chrono::Utc::now();
     loop {
         tokio::select! {
             _ = drift_pass(&ctx, since, chrono::Utc::now()) => {}
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         }
         tokio::select! {
             _ = tokio::time::sleep(DRIFT_EVERY) => {}
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
         }
     }
 }

@@ -29,17 +29,13 @@ const TIERS: &[&[&str]] = &[
     // `git` implements the planner's `SourceTree` and fetches with a
     // provider's credentials.
     &["git", "runner", "state"],
+    // The live config, with the providers and redactor made from it.
+    &["settings"],
     &["vcs", "cost", "drift", "planner", "retention", "telemetry"],
     // The store owns the records it persists (runs, plan summaries, cost
     // estimates, policy checks) and imports no domain module.
     &["store", "config", "commands"],
     &["redact"],
-];
-
-/// `X -> app` edges allowed while `app::Ctx` is being split by concern (the
-/// `ctx` branch). That merge empties this list; nothing else is allowed.
-const PENDING_APP_EDGES: &[&str] = &[
-    "api", "config", "ingest", "outbox", "policy", "queue", "runs",
 ];
 
 fn src() -> PathBuf {
@@ -251,10 +247,6 @@ fn graph() -> BTreeMap<(String, String), String> {
     edges
 }
 
-fn pending(from: &str, to: &str) -> bool {
-    to == "app" && PENDING_APP_EDGES.contains(&from)
-}
-
 /// A cycle of `edges`, as `a -> b -> … -> a`.
 fn find_cycle(edges: &BTreeSet<(&str, &str)>) -> Option<Vec<String>> {
     fn visit<'a>(
@@ -294,7 +286,6 @@ fn no_import_cycles_between_top_level_modules() {
     let graph = graph();
     let edges: BTreeSet<(&str, &str)> = graph
         .keys()
-        .filter(|(f, t)| !pending(f, t))
         .map(|(f, t)| (f.as_str(), t.as_str()))
         .collect();
     if let Some(cycle) = find_cycle(&edges) {
@@ -328,20 +319,10 @@ fn every_import_goes_down_the_tiers() {
         .collect();
     let graph = graph();
     for ((from, to), at) in &graph {
-        if pending(from, to) {
-            continue;
-        }
         if let (Some(f), Some(t)) = (tier(from), tier(to)) {
             if t <= f {
                 problems.push(format!("{from} -> {to} goes up or sideways ({at})"));
             }
-        }
-    }
-    for from in PENDING_APP_EDGES {
-        if !graph.contains_key(&(from.to_string(), "app".to_string())) {
-            problems.push(format!(
-                "{from} no longer imports app: remove it from PENDING_APP_EDGES"
-            ));
         }
     }
     assert!(

@@ -31,6 +31,10 @@ pub use variables::{
 /// the process environment so tests can supply their own.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// An [`EnvLookup`] a long-lived process keeps (to load the config again on
+/// reload, and to resolve variables for each run).
+pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The process environment, for production use.
 pub fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -347,6 +351,11 @@ pub struct QueueConfig {
 
 /// The lease when `queue.lease` is not set.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// How long a draining replica waits for the reports and dispatches it has in
+/// flight before abandoning them: a shutdown never waits on VCS retries (an
+/// abandoned dispatch is handed back and redone by another replica).
+pub const DRAIN_IN_FLIGHT: Duration = Duration::from_secs(10);
 
 /// How long old data is kept (`retention:`). What retention never deletes
 /// (waiting runs, a pull request's newest runs, the current state) is in

@@ -2,20 +2,32 @@
 //! files) and swap in each valid edit; an invalid one is logged with the same
 //! messages as `gantry config check` and the running config stays.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
+use tokio_util::sync::CancellationToken;
 
-use crate::app::Ctx;
-use crate::config::Config;
+use crate::config::{Config, EnvFn, SharedConfig};
 
 /// Edits arriving within this window are applied once.
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
+/// What a reload reads, and how it swaps in a new config.
+pub struct Reloader {
+    /// The running config (its `source` is the file read again).
+    pub config: SharedConfig,
+    pub env: EnvFn,
+    /// Swaps in a valid new config, with everything built from it; an error
+    /// keeps the running one.
+    pub apply: Box<dyn Fn(Config) -> anyhow::Result<()> + Send + Sync>,
+}
+
 /// Starts watching; the returned future ends at shutdown.
-pub fn watch(ctx: Arc<Ctx>) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let path = ctx.config().source.clone();
+pub fn watch(
+    reloader: Reloader,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let path = reloader.config.load().source.clone();
     let abs = std::path::absolute(&path)?;
     let dir = abs
         .parent()
@@ -40,27 +52,26 @@ pub fn watch(ctx: Arc<Ctx>) -> anyhow::Result<impl std::future::Future<Output = 
         loop {
             tokio::select! {
                 got = rx.recv() => if got.is_none() { return },
-                _ = ctx.shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return,
             }
             tokio::time::sleep(DEBOUNCE).await;
             while rx.try_recv().is_ok() {}
-            reload(&ctx);
+            reload(&reloader);
         }
     })
 }
 
 /// Loads the config file again and applies it if valid. Returns whether it was applied.
-pub fn reload(ctx: &Ctx) -> bool {
-    let path = ctx.config().source.clone();
-    let env = ctx.env.clone();
-    match Config::load(&path, &*env) {
+pub fn reload(reloader: &Reloader) -> bool {
+    let old = reloader.config.load_full();
+    let path = old.source.clone();
+    match Config::load(&path, &*reloader.env) {
         Ok(new) => {
-            let old = ctx.config();
             if new.listen != old.listen || new.data_dir != old.data_dir {
                 tracing::warn!("listen and data_dir changes take effect after a restart");
             }
             let (added, removed) = diff_names(&old, &new);
-            match ctx.apply_config(new) {
+            match (reloader.apply)(new) {
                 Ok(()) => {
                     tracing::info!(added = ?added, removed = ?removed, "configuration reloaded from {}", path.display());
                     true

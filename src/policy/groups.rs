@@ -14,10 +14,15 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{EnforcementLevel, PolicySet};
-use crate::app::Ctx;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::PolicyGroupConfig;
+use crate::git::Mirrors;
+use crate::outbox::Outbox;
+use crate::settings::Settings;
 /// A run's policy checks are stored with it: the store owns their types.
 pub use crate::store::policy_checks::{summary, verdict, PolicyCheck, Verdict};
+use crate::store::Store;
 use crate::store::{PolicySetWrite, StoredPolicySet};
 use crate::vcs::{CommitStatus, StatusState};
 
@@ -38,6 +43,19 @@ pub struct LoadedGroup {
 pub struct PolicyGroups {
     loaded: Mutex<HashMap<String, LoadedGroup>>,
     errors: Mutex<HashMap<String, String>>,
+}
+
+/// The policy groups, and what syncing, loading and evaluating them uses.
+#[derive(Clone)]
+pub struct Policies {
+    pub settings: Settings,
+    /// The source of truth: every replica evaluates the stored sets.
+    pub store: Store,
+    pub mirrors: Mirrors,
+    /// Statuses on a policy repository's commits (a group that does not load).
+    pub outbox: Outbox,
+    /// This process's compiled copies.
+    pub policy_groups: Arc<PolicyGroups>,
 }
 
 impl PolicyGroups {
@@ -83,15 +101,15 @@ impl PolicyGroups {
 /// Fetches a group's branch and loads its policies if the head moved; a set
 /// that loads becomes the stored set every replica evaluates. Returns the sha
 /// of the active set; on a broken set the last good one stays.
-pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String> {
-    let provider = ctx
-        .providers
-        .load()
+pub async fn sync(policies: &Policies, group: &PolicyGroupConfig) -> Result<String, String> {
+    let provider = policies
+        .settings
+        .providers()
         .get(&group.provider)
         .ok_or_else(|| format!("provider {} is not configured", group.provider))?;
     // Read before fetching: a set stored after this read may be newer than
     // what the fetch sees, and must not be overwritten (compare-and-swap).
-    let expected = ctx
+    let expected = policies
         .store
         .policy_set_version(&group.name)
         .await
@@ -101,7 +119,7 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
         .git_credentials(&group.repo)
         .await
         .map_err(|e| e.to_string())?;
-    let mirror = ctx
+    let mirror = policies
         .mirrors
         .fetch(
             &group.provider,
@@ -116,17 +134,17 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
         .resolve(&branch_ref)
         .map_err(|e| e.to_string())?
         .to_string();
-    if let Some(active) = refresh(ctx, &group.name).await? {
+    if let Some(active) = refresh(policies, &group.name).await? {
         if active.sha == sha {
             return Ok(sha);
         }
     }
     let short = &sha[..8.min(sha.len())];
-    match load_with_files(ctx, group, &mirror, &sha).await {
+    match load_with_files(policies, group, &mirror, &sha).await {
         Ok((set, files)) => {
             let digest = digest(&files);
-            let node = ctx.config().node_id.clone();
-            let write = ctx
+            let node = policies.settings.config().node_id.clone();
+            let write = policies
                 .store
                 .put_policy_set(&group.name, expected, &sha, &digest, &files, &node)
                 .await
@@ -134,7 +152,7 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
             match write {
                 PolicySetWrite::Stored(version) => {
                     tracing::info!(policy_group = %group.name, sha = %sha, version, policies = set.policies.len(), "policy group {} loaded at {short}", group.name);
-                    ctx.policy_groups.set_loaded(
+                    policies.policy_groups.set_loaded(
                         &group.name,
                         LoadedGroup {
                             sha: sha.clone(),
@@ -149,7 +167,7 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
                     // Another replica stored a set after this one started
                     // fetching: it is at least as new, so it wins.
                     tracing::info!(policy_group = %group.name, "policy group {} was stored by another replica meanwhile; using that set", group.name);
-                    refresh(ctx, &group.name)
+                    refresh(policies, &group.name)
                         .await?
                         .map(|g| g.sha)
                         .ok_or_else(|| "the stored policy set disappeared".to_string())
@@ -158,7 +176,7 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
         }
         Err(error) => {
             tracing::error!(policy_group = %group.name, sha = %sha, "policy group {} at {short} is broken; keeping the last good set: {error}", group.name);
-            ctx.policy_groups.set_error(&group.name, &error);
+            policies.policy_groups.set_error(&group.name, &error);
             let status = CommitStatus {
                 state: StatusState::Error,
                 context: "gantry/policy-group".into(),
@@ -170,7 +188,14 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
                 target_url: None,
                 pull_request: None,
             };
-            crate::outbox::post_status(ctx, &group.provider, &group.repo, &sha, status).await;
+            crate::outbox::post_status(
+                &policies.outbox,
+                &group.provider,
+                &group.repo,
+                &sha,
+                status,
+            )
+            .await;
             Err(error)
         }
     }
@@ -178,24 +203,25 @@ pub async fn sync(ctx: &Ctx, group: &PolicyGroupConfig) -> Result<String, String
 
 /// Checks out `sha` and compiles the group's folder.
 pub async fn load_at(
-    ctx: &Ctx,
+    policies: &Policies,
     group: &PolicyGroupConfig,
     mirror: &crate::git::Mirror,
     sha: &str,
 ) -> Result<PolicySet, String> {
-    load_with_files(ctx, group, mirror, sha)
+    load_with_files(policies, group, mirror, sha)
         .await
         .map(|(set, _)| set)
 }
 
 /// [`load_at`], also returning the folder's files, to store.
 async fn load_with_files(
-    ctx: &Ctx,
+    policies: &Policies,
     group: &PolicyGroupConfig,
     mirror: &crate::git::Mirror,
     sha: &str,
 ) -> Result<(PolicySet, BTreeMap<String, String>), String> {
-    let dir = ctx
+    let dir = policies
+        .settings
         .config()
         .data_dir
         .join("policy-groups")
@@ -269,19 +295,19 @@ pub fn digest(files: &BTreeMap<String, String>) -> String {
 /// Makes this process's copy of `group` the stored set, compiling it from the
 /// stored files when the stored version differs from the local one. Returns
 /// the active set (`None`: nothing stored yet and nothing loaded).
-pub async fn refresh(ctx: &Ctx, group: &str) -> Result<Option<LoadedGroup>, String> {
-    let stored_version = ctx
+pub async fn refresh(policies: &Policies, group: &str) -> Result<Option<LoadedGroup>, String> {
+    let stored_version = policies
         .store
         .policy_set_version(group)
         .await
         .map_err(|e| e.to_string())?;
-    let local = ctx.policy_groups.get(group);
+    let local = policies.policy_groups.get(group);
     match (stored_version, &local) {
         (None, _) => return Ok(local),
         (Some(v), Some(l)) if l.version == v => return Ok(local),
         _ => {}
     }
-    let Some(stored) = ctx
+    let Some(stored) = policies
         .store
         .policy_set(group)
         .await
@@ -296,10 +322,11 @@ pub async fn refresh(ctx: &Ctx, group: &str) -> Result<Option<LoadedGroup>, Stri
             version: stored.version,
             ..l.clone()
         };
-        ctx.policy_groups.set_loaded(group, same.clone());
+        policies.policy_groups.set_loaded(group, same.clone());
         return Ok(Some(same));
     }
-    let dir = ctx
+    let dir = policies
+        .settings
         .config()
         .data_dir
         .join("policy-sets")
@@ -321,14 +348,14 @@ pub async fn refresh(ctx: &Ctx, group: &str) -> Result<Option<LoadedGroup>, Stri
                 version,
                 set: Arc::new(set),
             };
-            ctx.policy_groups.set_loaded(group, loaded.clone());
+            policies.policy_groups.set_loaded(group, loaded.clone());
             Ok(Some(loaded))
         }
         Err(error) => {
             // Another replica compiled it; this one cannot (a different
             // engine during a rolling deploy?). Keep what this one has.
             tracing::error!(policy_group = %group, sha = %sha, "the stored set of policy group {group} does not compile here: {error}");
-            ctx.policy_groups.set_error(group, &error);
+            policies.policy_groups.set_error(group, &error);
             Ok(local)
         }
     }
@@ -366,10 +393,10 @@ const POLL_POSTGRES: Duration = Duration::from_secs(30);
 /// Keeps this process's sets equal to the stored ones until shutdown:
 /// notified on PostgreSQL (LISTEN/NOTIFY), polling on SQLite. `listening`
 /// is called once the listener (if any) is connected.
-pub async fn watch(ctx: Arc<Ctx>, listening: impl FnOnce()) {
+pub async fn watch(policies: Policies, shutdown: CancellationToken, listening: impl FnOnce()) {
     let mut listener = None;
-    if ctx.store.backend() == crate::store::Backend::Postgres {
-        match crate::store::listen_policy_sets(&ctx.config().database_url).await {
+    if policies.store.backend() == crate::store::Backend::Postgres {
+        match crate::store::listen_policy_sets(&policies.settings.config().database_url).await {
             Ok(l) => listener = Some(l),
             Err(e) => {
                 tracing::warn!(error = %e, "listening for policy set changes failed; polling instead")
@@ -395,7 +422,7 @@ pub async fn watch(ctx: Arc<Ctx>, listening: impl FnOnce()) {
             }
         };
         let which: Option<String> = tokio::select! {
-            _ = ctx.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             n = notified => match n {
                 Ok(group) => group,
                 Err(e) => {
@@ -408,10 +435,10 @@ pub async fn watch(ctx: Arc<Ctx>, listening: impl FnOnce()) {
         };
         let changed: Vec<String> = match which {
             Some(group) => vec![group],
-            None => match ctx.store.policy_set_versions().await {
+            None => match policies.store.policy_set_versions().await {
                 Ok(versions) => versions
                     .into_iter()
-                    .filter(|(g, v)| ctx.policy_groups.version(g) != Some(*v))
+                    .filter(|(g, v)| policies.policy_groups.version(g) != Some(*v))
                     .map(|(g, _)| g)
                     .collect(),
                 Err(e) => {
@@ -420,12 +447,12 @@ pub async fn watch(ctx: Arc<Ctx>, listening: impl FnOnce()) {
                 }
             },
         };
-        let configured = ctx.config();
+        let configured = policies.settings.config();
         for group in changed
             .iter()
             .filter(|g| configured.policy_groups.iter().any(|c| &c.name == *g))
         {
-            if let Err(e) = refresh(&ctx, group).await {
+            if let Err(e) = refresh(&policies, group).await {
                 tracing::warn!(policy_group = %group, "refreshing policy group {group} failed: {e}");
             }
         }
@@ -435,33 +462,37 @@ pub async fn watch(ctx: Arc<Ctx>, listening: impl FnOnce()) {
 /// The set to evaluate `group` with: the stored one (this process's copy is
 /// checked against the stored version first); a group never stored is
 /// loaded now. On a database error, this process's copy.
-pub async fn active(ctx: &Ctx, group: &PolicyGroupConfig) -> Option<LoadedGroup> {
-    let mut active = refresh(ctx, &group.name).await;
+pub async fn active(policies: &Policies, group: &PolicyGroupConfig) -> Option<LoadedGroup> {
+    let mut active = refresh(policies, &group.name).await;
     if matches!(active, Ok(None)) {
-        active = sync(ctx, group)
+        active = sync(policies, group)
             .await
-            .map(|_| ctx.policy_groups.get(&group.name));
+            .map(|_| policies.policy_groups.get(&group.name));
     }
     match active {
         Ok(active) => active,
         Err(e) => {
             tracing::warn!(policy_group = %group.name, "policy group {} not available: {e}", group.name);
-            ctx.policy_groups.get(&group.name)
+            policies.policy_groups.get(&group.name)
         }
     }
 }
 
 /// Evaluates every group governing `environment` with its [`active`] set. A
 /// group that cannot be loaded at all fails the check.
-pub async fn evaluate(ctx: &Ctx, environment: &str, input: &regorus::Value) -> Vec<PolicyCheck> {
-    let config = ctx.config();
+pub async fn evaluate(
+    policies: &Policies,
+    environment: &str,
+    input: &regorus::Value,
+) -> Vec<PolicyCheck> {
+    let config = policies.settings.config();
     let mut checks = Vec::new();
     for group in config
         .policy_groups
         .iter()
         .filter(|g| g.environments.iter().any(|e| e == environment))
     {
-        match active(ctx, group).await {
+        match active(policies, group).await {
             Some(loaded) => {
                 for r in loaded.set.evaluate(input) {
                     checks.push(PolicyCheck {
@@ -478,7 +509,7 @@ pub async fn evaluate(ctx: &Ctx, environment: &str, input: &regorus::Value) -> V
                 policy: "(policy group)".into(),
                 enforcement_level: EnforcementLevel::HardMandatory,
                 result: "errored".into(),
-                messages: vec![ctx
+                messages: vec![policies
                     .policy_groups
                     .error(&group.name)
                     .unwrap_or_else(|| "the policy group could not be loaded".into())],

@@ -8,9 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use super::groups::{self, PolicyCheck};
+use super::groups::{self, Policies, PolicyCheck};
 use super::{EnforcementLevel, PolicySet};
-use crate::app::Ctx;
 use crate::config::{PolicyGroupConfig, Workspace};
 use crate::store::short_sha;
 use crate::vcs::{CommitStatus, PullRequestEvent, StatusState};
@@ -147,19 +146,19 @@ fn checks(group: &str, set: &PolicySet, input: &regorus::Value) -> Vec<PolicyChe
 
 /// Analyzes a pull request on a policy group's repository and reports on it.
 pub async fn analyze(
-    ctx: &Ctx,
+    policies: &Policies,
     provider_id: &str,
     pr: &PullRequestEvent,
     group: &PolicyGroupConfig,
 ) -> anyhow::Result<()> {
-    let provider = ctx
-        .providers
-        .load()
+    let provider = policies
+        .settings
+        .providers()
         .get(provider_id)
         .ok_or_else(|| anyhow::anyhow!("provider {provider_id} is gone"))?;
     let creds = provider.git_credentials(&pr.repo).await?;
     let branch_ref = format!("refs/heads/{}", group.branch);
-    let mirror = ctx
+    let mirror = policies
         .mirrors
         .fetch(
             provider_id,
@@ -176,7 +175,7 @@ pub async fn analyze(
         target_url: None,
         pull_request: Some(pr.number),
     };
-    let proposed = match groups::load_at(ctx, group, &mirror, &pr.head_sha).await {
+    let proposed = match groups::load_at(policies, group, &mirror, &pr.head_sha).await {
         Ok(set) => set,
         Err(error) => {
             let st = status(
@@ -186,13 +185,14 @@ pub async fn analyze(
                     error.lines().next().unwrap_or_default()
                 ),
             );
-            crate::outbox::post_status(ctx, provider_id, &pr.repo, &pr.head_sha, st).await;
-            upsert(ctx, provider_id, pr, &format!("{MARKER}\n### gantry policy impact of `{}`\n\nThe policies in this pull request do not load:\n\n```\n{error}\n```\n", short_sha(&pr.head_sha))).await?;
+            crate::outbox::post_status(&policies.outbox, provider_id, &pr.repo, &pr.head_sha, st)
+                .await;
+            upsert(policies, provider_id, pr, &format!("{MARKER}\n### gantry policy impact of `{}`\n\nThe policies in this pull request do not load:\n\n```\n{error}\n```\n", short_sha(&pr.head_sha))).await?;
             return Ok(());
         }
     };
-    let current = groups::active(ctx, group).await.map(|g| g.set);
-    let config = ctx.config();
+    let current = groups::active(policies, group).await.map(|g| g.set);
+    let config = policies.settings.config();
     let governed: Vec<&Workspace> = config
         .workspaces
         .iter()
@@ -201,12 +201,12 @@ pub async fn analyze(
     let mut impacts = Vec::new();
     let mut without_plan = Vec::new();
     for ws in governed {
-        let Some(run) = ctx.store.latest_planned_run(&ws.name).await? else {
+        let Some(run) = policies.store.latest_planned_run(&ws.name).await? else {
             without_plan.push(ws.name.clone());
             continue;
         };
         // From the store: the replica that planned may be gone.
-        let Some(mut plan) = ctx.store.plan_json(run.id).await? else {
+        let Some(mut plan) = policies.store.plan_json(run.id).await? else {
             without_plan.push(ws.name.clone());
             continue;
         };
@@ -217,7 +217,15 @@ pub async fn analyze(
             .cost
             .clone()
             .unwrap_or_else(|| crate::cost::estimate(&plan, &config.pricing));
-        let tfrun = super::tfrun::tfrun(ctx, &run, ws, &run.plan.unwrap_or_default(), &cost).await;
+        let tfrun = super::tfrun::tfrun(
+            &policies.store,
+            &policies.mirrors,
+            &run,
+            ws,
+            &run.plan.unwrap_or_default(),
+            &cost,
+        )
+        .await;
         let input = super::input(plan, tfrun);
         let before = current
             .as_deref()
@@ -243,9 +251,9 @@ pub async fn analyze(
             ),
         )
     };
-    crate::outbox::post_status(ctx, provider_id, &pr.repo, &pr.head_sha, st).await;
+    crate::outbox::post_status(&policies.outbox, provider_id, &pr.repo, &pr.head_sha, st).await;
     upsert(
-        ctx,
+        policies,
         provider_id,
         pr,
         &render(&group.name, &pr.head_sha, &impacts, &without_plan),
@@ -257,14 +265,14 @@ pub async fn analyze(
 
 /// Queues the PR's policy impact comment (through the outbox, like every report).
 async fn upsert(
-    ctx: &Ctx,
+    policies: &Policies,
     provider_id: &str,
     pr: &PullRequestEvent,
     body: &str,
 ) -> anyhow::Result<()> {
-    let body = format!("{body}{}", crate::report::footer(ctx.sandbox.is_some()));
+    let body = format!("{body}{}", policies.outbox.footer());
     crate::outbox::put_comment(
-        ctx,
+        &policies.outbox,
         provider_id,
         &pr.repo,
         pr.number,

@@ -3,27 +3,26 @@
 //! estimate, who made the change. Built for a run's policy phase and for
 //! impact analysis over a stored plan, from what the store and the mirror hold.
 
-use crate::app::Ctx;
 use crate::config::Workspace;
-use crate::git::Mirror;
-use crate::store::{CostEstimate, PlanSummary, Run, RunKind};
+use crate::git::{Mirror, Mirrors};
+use crate::store::{CostEstimate, PlanSummary, Run, RunKind, Store};
 use crate::vcs::VcsEvent;
 
 /// The `tfrun` policy input, in Scalr's shape.
 pub async fn tfrun(
-    ctx: &Ctx,
+    store: &Store,
+    mirrors: &Mirrors,
     run: &Run,
     workspace: &Workspace,
     summary: &PlanSummary,
     cost: &CostEstimate,
 ) -> serde_json::Value {
     let mirror = Mirror {
-        path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
+        path: mirrors.path_for(&run.provider_id, &run.repo),
     };
     let (message, author) = mirror.commit_info(&run.head_sha).unwrap_or_default();
     let event = match run.event_id {
-        Some(id) => ctx
-            .store
+        Some(id) => store
             .event(id)
             .await
             .ok()

@@ -8,20 +8,19 @@
 
 use std::sync::Arc;
 
-use crate::app::Ctx;
 use crate::commands::{Command, HELP};
 use crate::config::{ApplyRequirement, Workflow};
-use crate::runs::dispatch::{runs_for, Change, DiffFrom, Outcome};
+use crate::runs::dispatch::{runs_for, Change, Deps, DiffFrom, Outcome};
 use crate::runs::{Run, RunSource, RunState};
 use crate::store::{short_sha, Audit, EventRow, Supersede};
 use crate::vcs::{CommandEvent, VcsProvider};
 
 pub(super) async fn handle(
-    ctx: &Ctx,
+    ctx: &Deps,
     event: &EventRow,
     c: &CommandEvent,
 ) -> anyhow::Result<Outcome> {
-    let Some(provider) = ctx.providers.load().get(&event.provider_id) else {
+    let Some(provider) = ctx.settings.providers().get(&event.provider_id) else {
         return Ok(Outcome::nothing(format!(
             "provider {} is no longer configured",
             event.provider_id
@@ -106,7 +105,7 @@ fn command_workspace(c: &Command) -> Option<&str> {
 }
 
 async fn plan<R, F>(
-    ctx: &Ctx,
+    ctx: &Deps,
     event: &EventRow,
     c: &CommandEvent,
     provider: &dyn VcsProvider,
@@ -122,7 +121,7 @@ where
         reply("this pull request is closed; nothing to plan.".into()).await?;
         return Ok(Outcome::nothing("plan refused: pull request closed"));
     }
-    if pr.from_fork && !ctx.config().allow_fork_prs {
+    if pr.from_fork && !ctx.settings.config().allow_fork_prs {
         reply("this pull request comes from a fork, and gantry does not run forks' code (`allow_fork_prs`).".into())
             .await?;
         return Ok(Outcome::nothing("plan refused: pull request from a fork"));
@@ -168,7 +167,7 @@ where
 }
 
 async fn apply<R, F>(
-    ctx: &Ctx,
+    ctx: &Deps,
     c: &CommandEvent,
     provider: &Arc<dyn VcsProvider>,
     actor: &str,
@@ -206,11 +205,11 @@ where
     if !pr.open {
         return refuse("the pull request is closed.".into()).await;
     }
-    if pr.from_fork && !ctx.config().allow_fork_prs {
+    if pr.from_fork && !ctx.settings.config().allow_fork_prs {
         return refuse("the pull request comes from a fork (`allow_fork_prs` is off).".into())
             .await;
     }
-    let config = ctx.config();
+    let config = ctx.settings.config();
     let shown = ctx
         .store
         .pr_head_runs(provider.id(), &c.repo, c.pr_number)
@@ -326,7 +325,7 @@ where
             applied.push(run.workspace.clone());
         }
     }
-    ctx.runs_queued.notify_one();
+    ctx.runs_queued.notify();
     // The runs' reporters edit the PR comment as the applies progress.
     Ok(Outcome::nothing(format!(
         "/gantry apply on #{}: {}",
@@ -338,7 +337,7 @@ where
 /// `/gantry override [-w NAME] REASON`: lets the plans shown on the PR whose
 /// soft-mandatory policies failed be applied. Needs write access.
 async fn override_policies<R, F>(
-    ctx: &Ctx,
+    ctx: &Deps,
     c: &CommandEvent,
     provider: &Arc<dyn VcsProvider>,
     actor: &str,
@@ -400,7 +399,7 @@ where
         overridden.join(", ")
     ))
     .await?;
-    crate::outbox::refresh_pr_comment(ctx, provider.id(), &c.repo, c.pr_number, None).await;
+    crate::outbox::refresh_pr_comment(&ctx.outbox, provider.id(), &c.repo, c.pr_number, None).await;
     Ok(Outcome::nothing(format!(
         "override on #{}: {}",
         c.pr_number,

@@ -4,18 +4,32 @@
 
 use std::time::Duration;
 
-use crate::app::Ctx;
 use crate::config::{Workflow, Workspace};
-use crate::git::GitError;
+use crate::git::{GitError, Mirrors};
+use crate::outbox::Outbox;
 use crate::planner;
+use crate::policy::groups::Policies;
 use crate::runs::{RunKind, RunSource};
-use crate::store::{short_sha, EventRow, Lease, NewRun, StoreError, Supersede};
+use crate::settings::Settings;
+use crate::store::{short_sha, EventRow, Lease, NewRun, RunsQueued, Store, StoreError, Supersede};
 use crate::vcs::{PrAction, PullRequestEvent, PushEvent, VcsEvent};
 
 /// Attempts before a failing event is given up (it stays stored as `failed`).
 const MAX_ATTEMPTS: i64 = 5;
 
 /// What a dispatch decided.
+/// What dispatching an event uses (and a comment command, which is one).
+pub struct Deps {
+    pub settings: Settings,
+    pub store: Store,
+    pub mirrors: Mirrors,
+    /// PR comments (refreshed when a new head affects nothing).
+    pub outbox: Outbox,
+    /// Pushes to a policy repository reload its group; its PRs get an impact analysis.
+    pub policies: Policies,
+    pub runs_queued: RunsQueued,
+}
+
 pub(super) struct Outcome {
     pub(super) detail: String,
     pub(super) runs: Vec<NewRun>,
@@ -39,15 +53,15 @@ impl Outcome {
 /// outlast the lease (the first clone of a big repository, VCS retries), and
 /// an event whose lease ran out would be dispatched again by another replica.
 #[tracing::instrument(skip_all, fields(event.id = event.id, delivery.id = %event.delivery_id))]
-pub async fn dispatch(ctx: &Ctx, event: EventRow, lease: Lease) {
+pub async fn dispatch(ctx: &Deps, event: EventRow, lease: Lease) {
     let _renewal = renew_while_dispatching(ctx, &lease);
     dispatch_claimed(ctx, event, &lease).await;
 }
 
 /// Renews the event's lease every quarter lease until dropped.
-fn renew_while_dispatching(ctx: &Ctx, lease: &Lease) -> AbortOnDrop {
+fn renew_while_dispatching(ctx: &Deps, lease: &Lease) -> AbortOnDrop {
     let store = ctx.store.clone();
-    let duration = ctx.config().queue.lease;
+    let duration = ctx.settings.config().queue.lease;
     let lease = lease.clone();
     AbortOnDrop(tokio::spawn(async move {
         loop {
@@ -95,7 +109,7 @@ fn log_write(result: Result<(), StoreError>, what: &str, event_id: i64) {
     }
 }
 
-async fn dispatch_claimed(ctx: &Ctx, event: EventRow, lease: &Lease) {
+async fn dispatch_claimed(ctx: &Deps, event: EventRow, lease: &Lease) {
     let parsed: VcsEvent = match serde_json::from_str(&event.body) {
         Ok(e) => e,
         Err(e) => {
@@ -165,14 +179,20 @@ async fn dispatch_claimed(ctx: &Ctx, event: EventRow, lease: &Lease) {
         outcome.detail
     );
     if !created.is_empty() {
-        ctx.runs_queued.notify_one();
+        ctx.runs_queued.notify();
     }
     // Statuses are posted by the worker that claims each run (pending at claim
     // time), so they cannot arrive out of order; the comment shows the queue.
     if let Some((repo, pr, head)) = outcome.pr {
         let nothing_affected_at = created.is_empty().then_some(head.as_str());
-        crate::outbox::refresh_pr_comment(ctx, &event.provider_id, &repo, pr, nothing_affected_at)
-            .await;
+        crate::outbox::refresh_pr_comment(
+            &ctx.outbox,
+            &event.provider_id,
+            &repo,
+            pr,
+            nothing_affected_at,
+        )
+        .await;
     }
 }
 
@@ -214,7 +234,7 @@ pub(super) struct Found {
 /// Fetches a pull request's head from the fork it lives in into the base
 /// repository's mirror (under gantry's own ref name).
 pub(crate) async fn fetch_fork(
-    ctx: &Ctx,
+    mirrors: &Mirrors,
     provider: &dyn crate::vcs::VcsProvider,
     repo: &str,
     fork: &str,
@@ -229,7 +249,7 @@ pub(crate) async fn fetch_fork(
             url: url.clone(),
             message: e.to_string(),
         })?;
-    ctx.mirrors
+    mirrors
         .fetch(
             provider.id(),
             repo,
@@ -242,11 +262,11 @@ pub(crate) async fn fetch_fork(
 
 /// The runs a change causes, or why it causes none.
 pub(super) async fn runs_for(
-    ctx: &Ctx,
+    ctx: &Deps,
     event: &EventRow,
     change: &Change<'_>,
 ) -> Result<Result<Found, String>, GitError> {
-    let config = ctx.config();
+    let config = ctx.settings.config();
     let candidates: Vec<&Workspace> = config
         .workspaces
         .iter()
@@ -265,7 +285,7 @@ pub(super) async fn runs_for(
             change.repo, change.branch
         )));
     }
-    let Some(provider) = ctx.providers.load().get(&event.provider_id) else {
+    let Some(provider) = ctx.settings.providers().get(&event.provider_id) else {
         return Ok(Err(format!(
             "provider {} is no longer configured",
             event.provider_id
@@ -292,7 +312,7 @@ pub(super) async fn runs_for(
         .await?;
     if let Some(fork) = change.head_repo {
         mirror = fetch_fork(
-            ctx,
+            &ctx.mirrors,
             &*provider,
             change.repo,
             fork,
@@ -363,7 +383,7 @@ pub(super) async fn runs_for(
 }
 
 async fn pull_request(
-    ctx: &Ctx,
+    ctx: &Deps,
     event: &EventRow,
     pr: &PullRequestEvent,
 ) -> anyhow::Result<Outcome> {
@@ -377,7 +397,7 @@ async fn pull_request(
             ))),
         };
     }
-    if pr.from_fork && !ctx.config().allow_fork_prs {
+    if pr.from_fork && !ctx.settings.config().allow_fork_prs {
         return Ok(Outcome::nothing(format!(
             "pull request #{} comes from a fork; set allow_fork_prs: true to plan forks",
             pr.number
@@ -386,7 +406,9 @@ async fn pull_request(
     // A pull request on a policy group's repository: report its impact.
     let groups = policy_groups_of(ctx, &event.provider_id, &pr.repo, &pr.base_ref);
     for g in &groups {
-        if let Err(e) = crate::policy::impact::analyze(ctx, &event.provider_id, pr, g).await {
+        if let Err(e) =
+            crate::policy::impact::analyze(&ctx.policies, &event.provider_id, pr, g).await
+        {
             tracing::warn!(policy_group = %g.name, "policy impact analysis of #{} failed: {e:#}", pr.number);
         }
     }
@@ -454,7 +476,7 @@ async fn pull_request(
 /// Whichever of the two arrives first starts them; the other finds them
 /// there and starts nothing for those workspaces.
 async fn merged_pull_request(
-    ctx: &Ctx,
+    ctx: &Deps,
     event: &EventRow,
     pr: &PullRequestEvent,
     merge_sha: &str,
@@ -489,7 +511,7 @@ async fn merged_pull_request(
 /// The runs of a merge to a tracked branch, less the workspaces already run
 /// for that commit.
 async fn merge_outcome(
-    ctx: &Ctx,
+    ctx: &Deps,
     event: &EventRow,
     repo: &str,
     found: Found,
@@ -523,9 +545,9 @@ async fn merge_outcome(
 }
 
 /// A change to a policy group's branch reloads the group.
-async fn reload_policy_groups(ctx: &Ctx, provider_id: &str, repo: &str, branch: &str) {
+async fn reload_policy_groups(ctx: &Deps, provider_id: &str, repo: &str, branch: &str) {
     for g in &policy_groups_of(ctx, provider_id, repo, branch) {
-        if let Err(e) = crate::policy::groups::sync(ctx, g).await {
+        if let Err(e) = crate::policy::groups::sync(&ctx.policies, g).await {
             tracing::warn!(policy_group = %g.name, "policy group {} not reloaded: {e}", g.name);
         }
     }
@@ -533,12 +555,13 @@ async fn reload_policy_groups(ctx: &Ctx, provider_id: &str, repo: &str, branch: 
 
 /// The policy groups kept in `repo` on `branch`.
 fn policy_groups_of(
-    ctx: &Ctx,
+    ctx: &Deps,
     provider_id: &str,
     repo: &str,
     branch: &str,
 ) -> Vec<crate::config::PolicyGroupConfig> {
-    ctx.config()
+    ctx.settings
+        .config()
         .policy_groups
         .iter()
         .filter(|g| {
@@ -550,7 +573,7 @@ fn policy_groups_of(
 
 /// One push that updated several branches: each branch as its own push.
 async fn pushes_event(
-    ctx: &Ctx,
+    ctx: &Deps,
     event: &EventRow,
     pushes: &[PushEvent],
 ) -> anyhow::Result<Outcome> {
@@ -565,7 +588,7 @@ async fn pushes_event(
     Ok(all)
 }
 
-async fn push_event(ctx: &Ctx, event: &EventRow, push: &PushEvent) -> anyhow::Result<Outcome> {
+async fn push_event(ctx: &Deps, event: &EventRow, push: &PushEvent) -> anyhow::Result<Outcome> {
     reload_policy_groups(ctx, &event.provider_id, &push.repo, &push.branch).await;
     let change = Change {
         repo: &push.repo,

@@ -21,30 +21,74 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Ctx;
+use crate::config::Config;
+use crate::git::Mirrors;
+use crate::outbox::Outbox;
+use crate::policy::groups::Policies;
 use crate::policy::groups::Verdict;
 use crate::policy::tfrun::tfrun;
 use crate::policy::EnforcementLevel;
+use crate::redact::Redactor;
+use crate::runner::Sandbox;
 use crate::runner::{JobPhase, LogSink, PlanArtifacts, Runner, RunnerError};
 use crate::runs::artifacts::RunLog;
 use crate::runs::guard::{self, lock_unfinished_apply, refuse_tampered_plan};
 use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};
 use crate::runs::job::{self, backend_config, job_spec, work_dir, Checkout};
 use crate::runs::outcome::{Disposal, Failure, RunOutcome};
+use crate::runs::running::Running;
 use crate::runs::{Run, RunKind, RunState};
+use crate::settings::Settings;
+use crate::store::Store;
 use crate::store::{Audit, Lease, StoreError};
+use std::net::SocketAddr;
+
+/// What executing a run uses.
+pub struct Deps {
+    pub settings: Settings,
+    pub store: Store,
+    pub mirrors: Mirrors,
+    /// A run's statuses, comments and drift notifications.
+    pub outbox: Outbox,
+    pub policies: Policies,
+    /// Where this run's cancel token is found by a cancel request.
+    pub running: Running,
+    /// The sandbox terraform runs in; `None` only with `runner.sandbox: off`.
+    pub sandbox: Option<Sandbox>,
+    /// The address the HTTP server is bound to (runs reach the state backend
+    /// there unless `state_backend_url` says otherwise).
+    pub local_addr: SocketAddr,
+    /// Canceled when this replica starts draining: plans stop and go back to
+    /// the queue, applies go on.
+    pub shutdown: CancellationToken,
+    /// Canceled when `shutdown_grace` is over: applies still running are
+    /// interrupted.
+    pub stop_runs: CancellationToken,
+}
+
+impl Deps {
+    /// The config now (read at each use: a reload applies to the next read).
+    pub fn config(&self) -> Arc<Config> {
+        self.settings.config()
+    }
+
+    /// The redactor for the current config.
+    pub fn redactor(&self) -> Arc<Redactor> {
+        self.settings.redactor()
+    }
+}
 
 /// The states a worker ends a run from.
 const ACTIVE: [RunState; 3] = [RunState::Fetching, RunState::Planning, RunState::Applying];
 
 #[tracing::instrument(skip_all, fields(run.id = run.id, workspace.name = %run.workspace))]
-pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
+pub async fn execute(ctx: Arc<Deps>, run: Run, lease: Lease) {
     let ctx = &ctx;
     let started = std::time::Instant::now();
-    crate::outbox::run_changed(ctx, run.id).await;
+    crate::outbox::run_changed(&ctx.outbox, run.id).await;
 
     let cancel = ctx.stop_runs.child_token();
-    ctx.register_run(run.id, cancel.clone());
+    ctx.running.register_run(run.id, cancel.clone());
     let heartbeat = Heartbeat::spawn(
         ctx.store.clone(),
         lease.clone(),
@@ -75,14 +119,14 @@ pub async fn execute(ctx: Arc<Ctx>, run: Run, lease: Lease) {
     log.finish().await;
     drain.abort();
     let fenced = heartbeat.stop();
-    ctx.unregister_run(run.id);
+    ctx.running.unregister_run(run.id);
     let _ = tokio::fs::remove_dir_all(work_dir(&ctx.config(), run.id)).await;
     finish(ctx, &run, &lease, outcome, fenced, &cancel, started).await;
 }
 
 /// Ends the run as its outcome says (see [`RunOutcome::disposal`]).
 async fn finish(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     lease: &Lease,
     outcome: RunOutcome,
@@ -106,7 +150,7 @@ async fn finish(
                         "run {} handed back to the queue: this replica is shutting down",
                         run.id
                     );
-                    crate::outbox::run_changed(ctx, run.id).await;
+                    crate::outbox::run_changed(&ctx.outbox, run.id).await;
                     return;
                 }
                 // A cancel request during the drain: recorded like any other.
@@ -145,10 +189,10 @@ async fn finish(
         Ok(true) => {
             let duration_ms = started.elapsed().as_millis() as u64;
             tracing::info!(state = %to, duration_ms, "run {} finished: {to}", run.id);
-            crate::outbox::reports_queued(ctx);
+            ctx.outbox.reports_queued();
         }
         // Moved by someone else meanwhile: report it as it is.
-        Ok(false) => crate::outbox::run_changed(ctx, run.id).await,
+        Ok(false) => crate::outbox::run_changed(&ctx.outbox, run.id).await,
         Err(e @ StoreError::LeaseLost { .. }) => {
             tracing::warn!("the end of run {} was not recorded: {e}", run.id)
         }
@@ -158,7 +202,7 @@ async fn finish(
 
 /// One run's phases, and what each of them needs.
 struct Phases<'a> {
-    ctx: &'a Ctx,
+    ctx: &'a Deps,
     run: &'a Run,
     lease: &'a Lease,
     /// Stops terraform: a cancel request, a lost lease, or (before an apply)
@@ -258,13 +302,21 @@ impl Phases<'_> {
             .iter()
             .any(|g| g.environments.contains(environment));
         if governed {
-            let tfrun = tfrun(ctx, run, &work.workspace, &artifacts.summary, &cost).await;
+            let tfrun = tfrun(
+                &ctx.store,
+                &ctx.mirrors,
+                run,
+                &work.workspace,
+                &artifacts.summary,
+                &cost,
+            )
+            .await;
             // Policies never see values terraform marks sensitive, so no deny
             // message can carry one into a comment.
             let mut masked = artifacts.parsed.clone();
             crate::redact::mask_sensitive_plan(&mut masked);
             let input = crate::policy::input(masked, tfrun);
-            let checks = crate::policy::groups::evaluate(ctx, environment, &input).await;
+            let checks = crate::policy::groups::evaluate(&ctx.policies, environment, &input).await;
             ctx.store.set_policy_results(run.id, &checks).await?;
         }
         let sha256 = Some(artifacts.file.sha256.as_str());
@@ -322,7 +374,7 @@ impl Phases<'_> {
             .add_drift_report(&run.workspace, run.id, &run.head_sha, &report)
             .await?;
         if let Some(notify) = &work.workspace.drift_notify {
-            crate::outbox::notify_drift(ctx, &work.workspace, run, &report, notify).await;
+            crate::outbox::notify_drift(&ctx.outbox, &work.workspace, run, &report, notify).await;
         }
         ctx.store
             .record_plan(run.id, artifacts.summary, None, None)
@@ -354,7 +406,10 @@ impl Phases<'_> {
         }
         // Once applying, only a cancel request, a lost lease or the end of the
         // shutdown grace stops the run, not the start of a drain.
-        let cancel = &ctx.run_token(run.id).unwrap_or_else(|| self.cancel.clone());
+        let cancel = &ctx
+            .running
+            .run_token(run.id)
+            .unwrap_or_else(|| self.cancel.clone());
         let plan = crate::runs::artifacts::load_plan(&ctx.store, &fresh, &ctx.config().data_dir)
             .await
             .map_err(Failure::Refused)?;
@@ -396,7 +451,7 @@ impl Phases<'_> {
         if !moved {
             return Err(Failure::internal(format!("run changed state {during}")));
         }
-        crate::outbox::run_changed(self.ctx, self.run.id).await;
+        crate::outbox::run_changed(&self.ctx.outbox, self.run.id).await;
         Ok(())
     }
 

@@ -6,16 +6,16 @@
 
 use std::path::Path;
 
-use crate::app::Ctx;
 use crate::policy::groups::Verdict;
 use crate::runner::RunnerError;
 use crate::runs::execute::policy_block_reason;
+use crate::runs::execute::Deps;
 use crate::runs::outcome::{tampered_reason, Failure};
 use crate::runs::Run;
 use crate::store::Audit;
 
 /// Why the saved plan of `run` may not be applied now, if it may not.
-pub async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
+pub async fn check_applicable(ctx: &Deps, run: &Run) -> Result<(), Failure> {
     let ws = &run.workspace;
     if let Some(lock) = ctx.store.workspace_lock(ws).await? {
         let locked = lock.reason;
@@ -52,7 +52,7 @@ pub async fn check_applicable(ctx: &Ctx, run: &Run) -> Result<(), Failure> {
 /// terraform could not store (`errored.tfstate`) is kept in the spool.
 /// `workdir` is where terraform ran, for gantry-kept state (`gantry_state`).
 pub async fn lock_unfinished_apply(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     gantry_state: bool,
     workdir: &Path,
@@ -95,7 +95,7 @@ pub async fn lock_unfinished_apply(
 
 /// The saved plan is not the plan that was reviewed: nothing is applied, the
 /// workspace is locked with the reason, and the audit log says so.
-pub async fn refuse_tampered_plan(ctx: &Ctx, run: &Run, expected: &str, actual: &str) -> Failure {
+pub async fn refuse_tampered_plan(ctx: &Deps, run: &Run, expected: &str, actual: &str) -> Failure {
     let reason = tampered_reason(run.id, expected, actual);
     lock(ctx, run, "apply refused: plan integrity", &reason).await;
     Failure::Tampered {
@@ -107,7 +107,7 @@ pub async fn refuse_tampered_plan(ctx: &Ctx, run: &Run, expected: &str, actual: 
 
 /// Locks `run`'s workspace for `reason` and audits it as `action`. Failures
 /// are logged: the run's own end is recorded either way.
-async fn lock(ctx: &Ctx, run: &Run, action: &str, reason: &str) {
+async fn lock(ctx: &Deps, run: &Run, action: &str, reason: &str) {
     tracing::error!(run.id = run.id, workspace.name = %run.workspace, "{reason}; locking {}", run.workspace);
     if let Err(e) = ctx
         .store

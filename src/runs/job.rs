@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use crate::app::Ctx;
 use crate::config::{Config, Workspace};
 use crate::git::Mirror;
 use crate::runner::{BackendConfig, EnvVar, JobPhase, JobSpec, LocalRunner, RunDirs};
+use crate::runs::execute::Deps;
 use crate::runs::outcome::Failure;
 use crate::runs::{Run, RunKind};
 
@@ -24,7 +24,7 @@ pub struct Checkout {
 }
 
 /// The run's workspace, as configured now.
-pub fn workspace(ctx: &Ctx, run: &Run) -> Result<Workspace, Failure> {
+pub fn workspace(ctx: &Deps, run: &Run) -> Result<Workspace, Failure> {
     let config = ctx.config();
     let workspace = config.workspace(&run.workspace).ok_or_else(|| {
         Failure::internal(format!(
@@ -36,13 +36,17 @@ pub fn workspace(ctx: &Ctx, run: &Run) -> Result<Workspace, Failure> {
 }
 
 /// Fetches the commit into the mirror, unless it is there already.
-pub async fn fetch(ctx: &Ctx, run: &Run) -> Result<Mirror, Failure> {
-    let provider = ctx.providers.load().get(&run.provider_id).ok_or_else(|| {
-        Failure::internal(format!(
-            "provider {} is no longer configured",
-            run.provider_id
-        ))
-    })?;
+pub async fn fetch(ctx: &Deps, run: &Run) -> Result<Mirror, Failure> {
+    let provider = ctx
+        .settings
+        .providers()
+        .get(&run.provider_id)
+        .ok_or_else(|| {
+            Failure::internal(format!(
+                "provider {} is no longer configured",
+                run.provider_id
+            ))
+        })?;
     let mirror = Mirror {
         path: ctx.mirrors.path_for(&run.provider_id, &run.repo),
     };
@@ -52,8 +56,15 @@ pub async fn fetch(ctx: &Ctx, run: &Run) -> Result<Mirror, Failure> {
     Ok(match &run.head_repo {
         Some(fork) => {
             let (repo, git_ref) = (&run.repo, &run.git_ref);
-            crate::runs::dispatch::fetch_fork(ctx, &*provider, repo, fork, git_ref, run.pr_number)
-                .await?
+            crate::runs::dispatch::fetch_fork(
+                &ctx.mirrors,
+                &*provider,
+                repo,
+                fork,
+                git_ref,
+                run.pr_number,
+            )
+            .await?
         }
         None => {
             let creds = provider
@@ -72,7 +83,7 @@ pub async fn fetch(ctx: &Ctx, run: &Run) -> Result<Mirror, Failure> {
 /// Checks the commit out into the run's scratch, points gantry-kept state
 /// at gantry's backend, and sets up the runner.
 pub async fn checkout(
-    ctx: &Ctx,
+    ctx: &Deps,
     run: &Run,
     workspace: Workspace,
     mirror: Mirror,
@@ -100,7 +111,7 @@ pub async fn checkout(
                 .await?;
         job.backend = Some(backend_config(creds));
     }
-    let env = ctx.env.clone();
+    let env = ctx.settings.env.clone();
     let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
         .map_err(|e| Failure::internal(format!("preparing the runner: {e}")))?;
     Ok(Checkout {

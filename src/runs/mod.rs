@@ -32,6 +32,7 @@ pub mod guard;
 pub mod heartbeat;
 pub mod job;
 pub mod outcome;
+pub mod running;
 
 /// The run record is the store's: re-exported where runs are orchestrated.
 pub use crate::store::{PlanSummary, Run, RunKind, RunSource, RunState};

@@ -23,6 +23,7 @@ pub mod records;
 mod retention;
 mod runs;
 mod state;
+mod wake;
 mod workspaces;
 
 use std::str::FromStr;
@@ -46,6 +47,7 @@ pub use records::{
 pub use retention::{Cutoffs, Pruned};
 pub use runs::{NewRun, TickOutcome};
 pub use state::{PutState, RunToken, SpooledState, StateLock};
+pub use wake::{EventsStored, RunsQueued};
 pub use workspaces::{Audit, AuditEntry, DriftEntry, DriftRecord, StateVersion, WorkspaceLock};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -168,9 +168,10 @@ async fn a_scheduled_tick_runs_once_across_two_instances() {
         let now = chrono::DateTime::parse_from_rfc3339("2027-01-02T00:00:00Z")
             .unwrap()
             .to_utc();
+        let (drift_a, drift_b) = (a.ctx.drift(), b.ctx.drift());
         let (ra, rb) = tokio::join!(
-            gantry::queue::drift_pass(&a.ctx, since, now),
-            gantry::queue::drift_pass(&b.ctx, since, now)
+            gantry::queue::drift_pass(&drift_a, since, now),
+            gantry::queue::drift_pass(&drift_b, since, now)
         );
         let queued = ra
             .iter()
@@ -198,7 +199,7 @@ async fn a_scheduled_tick_runs_once_across_two_instances() {
         let drift = a.api("/api/workspaces/dns/drift").await;
         assert_eq!(drift["latest"]["drifted"], true);
         // The same tick again, on either instance: nothing.
-        assert!(gantry::queue::drift_pass(&b.ctx, since, now)
+        assert!(gantry::queue::drift_pass(&drift_b, since, now)
             .await
             .is_empty());
         a.stop().await;

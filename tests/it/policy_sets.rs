@@ -80,7 +80,7 @@ async fn a_policy_push_loaded_by_one_replica_is_evaluated_by_the_other() {
             &["refs/heads/main"],
         );
         let group = a.ctx.config().policy_groups[0].clone();
-        let loaded = gantry::policy::groups::sync(&a.ctx, &group).await;
+        let loaded = gantry::policy::groups::sync(&a.ctx.policies(), &group).await;
         assert_eq!(loaded, Ok(v2.to_string()), "{db:?}");
 
         // B takes the stored set within seconds, compiled from the stored
@@ -109,7 +109,9 @@ async fn a_policy_push_loaded_by_one_replica_is_evaluated_by_the_other() {
             "package terraform\n\ndeny[msg] { nope nope }\n".into(),
         );
         policies.commit(&broken, &[v2], "oops", &["refs/heads/main"]);
-        assert!(gantry::policy::groups::sync(&a.ctx, &group).await.is_err());
+        assert!(gantry::policy::groups::sync(&a.ctx.policies(), &group)
+            .await
+            .is_err());
         assert_eq!(
             a.ctx.store.policy_set_version("baseline").await.unwrap(),
             version

@@ -124,7 +124,7 @@ async fn api_responses_mask_secrets_and_their_encodings() {
 
         // After a reload, the new config's secrets are the ones masked.
         env.write_config(&yaml_with_env(&env, ROTATED_PASSWORD));
-        assert!(gantry::config::reload::reload(&app.ctx));
+        assert!(app.ctx.reload());
         app.ctx
             .store
             .add_state_version(

@@ -53,7 +53,7 @@ async fn config_edits_apply_live_and_invalid_edits_are_rejected() {
 
     // An invalid edit changes nothing.
     env.write_config(&edited.replace("dir: edge", "dir: ../edge"));
-    assert!(!gantry::config::reload::reload(&app.ctx));
+    assert!(!app.ctx.reload());
     assert_eq!(names(&app).await, ["network", "edge"]);
     assert_eq!(
         app.ctx.config().workspace("edge").unwrap().dir.as_str(),
