@@ -326,7 +326,11 @@ async fn drift_is_posted_to_a_webhook_with_slack_text() {
         .spawn_app(&env.config_yaml(&workspaces, 2, "127.0.0.1:0", &terraform_bin()))
         .await;
     check(&app).await;
-    let got = received.lock().unwrap().clone();
+    // The outbox delivers the webhook just after the run ends.
+    let got = wait_until(Duration::from_secs(20), || async {
+        Some(received.lock().unwrap().clone()).filter(|g| !g.is_empty())
+    })
+    .await;
     assert_eq!(got.len(), 1);
     assert!(
         got[0]["text"]
