@@ -12,6 +12,7 @@
 //! Comments are rendered from the store at delivery time, so one delivery
 //! carries the newest state of every run it shows.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Workspace, DRAIN_IN_FLIGHT};
 use crate::report::{self, Section, COMMENT_MARKER};
 use crate::settings::Settings;
-use crate::store::{short_sha, NewReport, ReportRow, Store, StoreError};
+use crate::store::{short_sha, Lease, NewReport, ReportRow, Store, StoreError};
 use crate::store::{Run, RunKind, RunState};
 use crate::vcs::{CommitStatus, StatusState, VcsError};
 
@@ -383,9 +384,10 @@ fn drift_text(ws: &Workspace, run: &Run, report: &crate::drift::DriftReport) -> 
 /// left is released for another replica or the next start: a shutdown never
 /// waits on VCS retries.
 pub async fn sender(outbox: Outbox, shutdown: CancellationToken) {
-    let node = outbox.settings.config().node_id.clone();
     let slots = Arc::new(Semaphore::new(SENDERS));
     let mut running = JoinSet::new();
+    // This process's claims in flight, by report id: what a drain releases.
+    let in_flight: Arc<std::sync::Mutex<HashMap<i64, Lease>>> = Arc::default();
     let mut last_cleanup = tokio::time::Instant::now();
     loop {
         while running.try_join_next().is_some() {}
@@ -399,9 +401,15 @@ pub async fn sender(outbox: Outbox, shutdown: CancellationToken) {
         };
         match outbox.store.claim_report(&node, lease).await {
             Ok(Some(row)) => {
-                let outbox = outbox.clone();
+                let (outbox, in_flight) = (outbox.clone(), in_flight.clone());
+                in_flight
+                    .lock()
+                    .expect("in-flight reports")
+                    .insert(row.id, row.lease.clone());
                 running.spawn(async move {
-                    deliver_row(&outbox, row, &node, lease).await;
+                    let id = row.id;
+                    deliver_row(&outbox, row, lease).await;
+                    in_flight.lock().expect("in-flight reports").remove(&id);
                     drop(permit);
                 });
                 continue;
@@ -435,7 +443,13 @@ pub async fn sender(outbox: Outbox, shutdown: CancellationToken) {
         );
         running.shutdown().await;
     }
-    match outbox.store.release_reports(&node).await {
+    let left: Vec<Lease> = in_flight
+        .lock()
+        .expect("in-flight reports")
+        .values()
+        .cloned()
+        .collect();
+    match outbox.store.release_reports(&left).await {
         Ok(0) => {}
         Ok(n) => tracing::info!("{n} reports in flight left for the next sender"),
         Err(e) => tracing::warn!(error = %e, "releasing reports in flight failed"),
@@ -445,7 +459,7 @@ pub async fn sender(outbox: Outbox, shutdown: CancellationToken) {
 /// Delivers one claimed row and records how it went. The claim's lease (the
 /// queue's) is renewed while the delivery lasts, so the report of a sender
 /// that died is taken over within one lease, not after the delivery timeout.
-async fn deliver_row(outbox: &Outbox, row: ReportRow, node: &str, lease: Duration) {
+async fn deliver_row(outbox: &Outbox, row: ReportRow, lease: Duration) {
     let delivery = async {
         match serde_json::from_str::<Report>(&row.payload) {
             Ok(report) => {
@@ -460,7 +474,7 @@ async fn deliver_row(outbox: &Outbox, row: ReportRow, node: &str, lease: Duratio
     let renew = async {
         loop {
             tokio::time::sleep(lease / 3).await;
-            match outbox.store.renew_report(row.id, node, lease).await {
+            match outbox.store.renew_report(&row.lease, lease).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(
                     report.id = row.id,
@@ -492,7 +506,7 @@ async fn deliver_row(outbox: &Outbox, row: ReportRow, node: &str, lease: Duratio
                 }
                 outbox.queued.notify_one();
             }
-            outbox.store.finish_report(row.id, node, true, None).await
+            outbox.store.finish_report(&row.lease, true, None).await
         }
         Err(e) => {
             let age = crate::store::now_ms() - row.created_at;
@@ -504,15 +518,12 @@ async fn deliver_row(outbox: &Outbox, row: ReportRow, node: &str, lease: Duratio
                 tracing::error!(report.id = row.id, error = %message, "{} report {} for {} given up after {} attempts", row.kind, row.id, row.repo, row.attempts);
                 outbox
                     .store
-                    .finish_report(row.id, node, false, Some(&message))
+                    .finish_report(&row.lease, false, Some(&message))
                     .await
             } else {
                 let delay = backoff(row.attempts);
                 tracing::warn!(report.id = row.id, error = %message, retry_in_ms = delay.as_millis() as u64, "{} report {} for {} failed; retrying", row.kind, row.id, row.repo);
-                outbox
-                    .store
-                    .retry_report(row.id, node, &message, delay)
-                    .await
+                outbox.store.retry_report(&row.lease, &message, delay).await
             }
         }
     };

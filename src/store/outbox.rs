@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use sqlx::{Any, Row, Transaction};
 
-use super::{events::is_unique_violation, now_ms, Backend, Run, Store, StoreResult};
+use super::leases::new_token;
+use super::{events::is_unique_violation, now_ms, Backend, Lease, Run, Store, StoreResult};
 
 /// A report to store; see [`Store::enqueue_report`].
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct NewReport {
 #[derive(Debug, Clone)]
 pub struct ReportRow {
     pub id: i64,
+    /// This claim: every write about it names its token.
+    pub lease: Lease,
     pub kind: String,
     pub provider_id: String,
     pub repo: String,
@@ -42,11 +45,16 @@ pub struct ReportRow {
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "id, kind, provider_id, repo, payload, attempts, created_at";
+const COLUMNS: &str = "id, lease_token, kind, provider_id, repo, payload, attempts, created_at";
 
 fn report_from_row(row: &sqlx::any::AnyRow) -> StoreResult<ReportRow> {
+    let id: i64 = row.try_get("id")?;
     Ok(ReportRow {
-        id: row.try_get("id")?,
+        id,
+        lease: Lease {
+            id,
+            token: row.try_get("lease_token")?,
+        },
         kind: row.try_get("kind")?,
         provider_id: row.try_get("provider_id")?,
         repo: row.try_get("repo")?,
@@ -186,7 +194,8 @@ impl Store {
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE outbox SET state = 'sending', claimed_by = $1, lease_until = $2, attempts = attempts + 1
+            "UPDATE outbox SET state = 'sending', claimed_by = $1, lease_until = $2, attempts = attempts + 1,
+                               lease_token = $4
              WHERE id = (
                  SELECT o.id FROM outbox o
                  WHERE o.state = 'pending' AND o.not_before <= $3
@@ -200,6 +209,7 @@ impl Store {
             .bind(node)
             .bind(now + lease.as_millis() as i64)
             .bind(now)
+            .bind(new_token())
             .fetch_optional(&self.pool)
             .await;
         match result {
@@ -211,20 +221,20 @@ impl Store {
     }
 
     /// Marks a claimed report delivered (`sent`) or given up (`failed`). False
-    /// when `node` no longer held it (its lease ran out and it was reaped).
+    /// when this claim no longer holds it (its lease ran out and it was reaped).
     pub async fn finish_report(
         &self,
-        id: i64,
-        node: &str,
+        lease: &Lease,
         delivered: bool,
         error: Option<&str>,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = $3, last_error = $4, done_at = $5, claimed_by = NULL, lease_until = NULL
-             WHERE id = $1 AND claimed_by = $2 AND state = 'sending'",
+            "UPDATE outbox SET state = $3, last_error = $4, done_at = $5, claimed_by = NULL,
+                               lease_until = NULL, lease_token = NULL
+             WHERE id = $1 AND lease_token = $2 AND state = 'sending'",
         )
-        .bind(id)
-        .bind(node)
+        .bind(lease.id)
+        .bind(&lease.token)
         .bind(if delivered { "sent" } else { "failed" })
         .bind(error)
         .bind(now_ms())
@@ -233,16 +243,16 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Extends `node`'s lease on a report it is delivering. False when it no
-    /// longer holds it.
-    pub async fn renew_report(&self, id: i64, node: &str, lease: Duration) -> StoreResult<bool> {
+    /// Extends a claim on a report being delivered by `length`. False when
+    /// the claim no longer holds it.
+    pub async fn renew_report(&self, lease: &Lease, length: Duration) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE outbox SET lease_until = $3
-             WHERE id = $1 AND claimed_by = $2 AND state = 'sending'",
+             WHERE id = $1 AND lease_token = $2 AND state = 'sending'",
         )
-        .bind(id)
-        .bind(node)
-        .bind(now_ms() + lease.as_millis() as i64)
+        .bind(lease.id)
+        .bind(&lease.token)
+        .bind(now_ms() + length.as_millis() as i64)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -251,18 +261,17 @@ impl Store {
     /// Puts a claimed report back to pending, due again after `delay`.
     pub async fn retry_report(
         &self,
-        id: i64,
-        node: &str,
+        lease: &Lease,
         error: &str,
         delay: Duration,
     ) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE outbox SET state = 'pending', last_error = $3, not_before = $4,
-                               claimed_by = NULL, lease_until = NULL
-             WHERE id = $1 AND claimed_by = $2 AND state = 'sending'",
+                               claimed_by = NULL, lease_until = NULL, lease_token = NULL
+             WHERE id = $1 AND lease_token = $2 AND state = 'sending'",
         )
-        .bind(id)
-        .bind(node)
+        .bind(lease.id)
+        .bind(&lease.token)
         .bind(error)
         .bind(now_ms() + delay.as_millis() as i64)
         .execute(&self.pool)
@@ -289,7 +298,7 @@ impl Store {
     /// due at once. Only expired leases: a live claim is left alone.
     pub async fn reap_reports(&self) -> StoreResult<u64> {
         let done = sqlx::query(
-            "UPDATE outbox SET state = 'pending', claimed_by = NULL, lease_until = NULL
+            "UPDATE outbox SET state = 'pending', claimed_by = NULL, lease_until = NULL, lease_token = NULL
              WHERE state = 'sending' AND lease_until < $1",
         )
         .bind(now_ms())
@@ -298,17 +307,22 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Hands back the reports `node` (this process: node ids are unique per
-    /// process) still holds as it stops, due at once for another replica.
-    pub async fn release_reports(&self, node: &str) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "UPDATE outbox SET state = 'pending', claimed_by = NULL, lease_until = NULL
-             WHERE state = 'sending' AND claimed_by = $1",
-        )
-        .bind(node)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+    /// Hands back reports this process still holds as it stops (`leases`:
+    /// its claims), due at once for another replica. Returns how many.
+    pub async fn release_reports(&self, leases: &[Lease]) -> StoreResult<u64> {
+        let mut released = 0;
+        for lease in leases {
+            let done = sqlx::query(
+                "UPDATE outbox SET state = 'pending', claimed_by = NULL, lease_until = NULL, lease_token = NULL
+                 WHERE id = $1 AND lease_token = $2 AND state = 'sending'",
+            )
+            .bind(lease.id)
+            .bind(&lease.token)
+            .execute(&self.pool)
+            .await?;
+            released += done.rows_affected();
+        }
+        Ok(released)
     }
 
     /// Deletes reports that were finished (sent, superseded or given up) before `before_ms`.

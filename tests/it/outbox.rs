@@ -225,19 +225,17 @@ async fn the_store_delivers_one_report_per_key_at_a_time_and_never_an_older_stat
             .unwrap();
         assert!(store.claim_report("n2", lease).await.unwrap().is_none());
         // Only the holder finishes a report.
-        assert!(!store
-            .finish_report(first.id, "n2", true, None)
-            .await
-            .unwrap());
-        assert!(store
-            .finish_report(first.id, "n1", true, None)
-            .await
-            .unwrap());
+        let stranger = gantry::store::Lease {
+            id: first.id,
+            token: "not-this-claim".into(),
+        };
+        assert!(!store.finish_report(&stranger, true, None).await.unwrap());
+        assert!(store.finish_report(&first.lease, true, None).await.unwrap());
         let third = store.claim_report("n2", lease).await.unwrap().unwrap();
         assert_eq!(Some(third.id), newest, "{db:?}");
         // A failure backs off: not due again at once.
         assert!(store
-            .retry_report(third.id, "n2", "HTTP 503", Duration::from_secs(60))
+            .retry_report(&third.lease, "HTTP 503", Duration::from_secs(60))
             .await
             .unwrap());
         assert!(store.claim_report("n1", lease).await.unwrap().is_none());
@@ -245,10 +243,7 @@ async fn the_store_delivers_one_report_per_key_at_a_time_and_never_an_older_stat
         store.reports_due_now("github").await.unwrap();
         let again = store.claim_report("n1", lease).await.unwrap().unwrap();
         assert_eq!((again.id, again.attempts), (third.id, 2));
-        assert!(store
-            .finish_report(again.id, "n1", true, None)
-            .await
-            .unwrap());
+        assert!(store.finish_report(&again.lease, true, None).await.unwrap());
         assert!(store
             .enqueue_report(&status_row("a", "applied"))
             .await
@@ -256,7 +251,7 @@ async fn the_store_delivers_one_report_per_key_at_a_time_and_never_an_older_stat
             .is_none());
         // A sender that died: its report goes back to pending for anyone.
         assert!(store
-            .finish_report(second.id, "n2", true, None)
+            .finish_report(&second.lease, true, None)
             .await
             .unwrap());
         store
@@ -274,8 +269,8 @@ async fn the_store_delivers_one_report_per_key_at_a_time_and_never_an_older_stat
         assert_eq!(taken.id, held.id);
         // The dead sender's lease is gone: it cannot renew; the holder renews,
         // and a renewed report is not reaped.
-        assert!(!store.renew_report(taken.id, "dead", lease).await.unwrap());
-        assert!(store.renew_report(taken.id, "n1", lease).await.unwrap());
+        assert!(!store.renew_report(&held.lease, lease).await.unwrap());
+        assert!(store.renew_report(&taken.lease, lease).await.unwrap());
         assert_eq!(store.reap_reports().await.unwrap(), 0);
         store.close().await;
     }
