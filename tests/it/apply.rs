@@ -55,13 +55,23 @@ pub(crate) async fn merge(
     delivery: &str,
     pr: u64,
 ) -> git2::Oid {
-    let mut files = crate::support::origin::standard_files();
-    files.insert("dns/main.tf".into(), dns_config(marker));
-    let sha = env.origin.commit(
-        &files,
-        &[parent],
+    merge_dns(env, app, parent, dns_config(marker), delivery, pr).await
+}
+
+/// Merges pull request `pr`, which makes `dns/main.tf` the given text, into
+/// main (a push webhook); returns the merge sha.
+pub(crate) async fn merge_dns(
+    env: &TestEnv,
+    app: &TestApp,
+    parent: git2::Oid,
+    dns_main_tf: String,
+    delivery: &str,
+    pr: u64,
+) -> git2::Oid {
+    let sha = env.origin.merge_standard(
+        parent,
+        vec![("dns/main.tf", dns_main_tf)],
         "Merge pull request",
-        &["refs/heads/main"],
     );
     env.github.set_commit_pr(&sha.to_string(), pr);
     let r = app
@@ -106,12 +116,7 @@ pub(crate) fn resources(state: &Value) -> Vec<String> {
 async fn a_merge_with_auto_apply_creates_the_resources_and_comments_on_the_merged_pr() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        let base = env.origin.initial();
         let app = env.spawn_app(&dns_yaml(&env, true)).await;
         let sha = merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
 
@@ -188,12 +193,7 @@ async fn a_merge_with_auto_apply_creates_the_resources_and_comments_on_the_merge
 async fn without_auto_apply_the_run_waits_for_confirmation() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        let base = env.origin.initial();
         let app = env.spawn_app(&dns_yaml(&env, false)).await;
         let sha = merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
         let runs = app.wait_for_runs_done(1).await;
@@ -248,12 +248,7 @@ async fn without_auto_apply_the_run_waits_for_confirmation() {
 #[tokio::test]
 async fn a_confirmed_apply_of_a_stale_plan_is_refused() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    let base = env.origin.initial();
     let app = env.spawn_app(&dns_yaml(&env, false)).await;
     let first = merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
     let runs = app.wait_for_runs_done(1).await;
@@ -295,12 +290,7 @@ async fn a_confirmed_apply_of_a_stale_plan_is_refused() {
 async fn merges_in_quick_succession_apply_in_order() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        let base = env.origin.initial();
         let app = env.spawn_app(&dns_yaml(&env, true)).await;
         let a = merge(&env, &app, base, "dns-a", "m-a", 7).await;
         let b = merge(&env, &app, a, "dns-b", "m-b", 8).await;
@@ -345,12 +335,7 @@ async fn merges_in_quick_succession_apply_in_order() {
 #[tokio::test]
 async fn a_locked_workspace_plans_but_refuses_applies_until_unlocked() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    let base = env.origin.initial();
     let app = env.spawn_app(&dns_yaml(&env, true)).await;
 
     assert_eq!(
@@ -450,12 +435,7 @@ async fn a_locked_workspace_plans_but_refuses_applies_until_unlocked() {
 #[tokio::test]
 async fn queued_runs_can_be_canceled() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    let base = env.origin.initial();
     let app = env.spawn_app(&dns_yaml(&env, false)).await;
     merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
     let runs = app.wait_for_runs_done(1).await;
@@ -514,12 +494,7 @@ pub(crate) async fn planning_slowly(env: &TestEnv, base: git2::Oid) -> (TestApp,
 #[tokio::test]
 async fn a_running_plan_can_be_canceled() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    let base = env.origin.initial();
     let (app, id) = planning_slowly(&env, base).await;
     let started = std::time::Instant::now();
     assert_eq!(
@@ -544,12 +519,7 @@ async fn a_running_plan_can_be_canceled() {
 async fn a_plan_file_changed_after_planning_is_never_applied() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        let base = env.origin.initial();
         let app = env.spawn_app(&dns_yaml(&env, false)).await;
         merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
         let runs = app.wait_for_runs_done(1).await;

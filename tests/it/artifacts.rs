@@ -26,12 +26,7 @@ async fn log_of(app: &TestApp, id: i64) -> String {
 async fn a_plan_made_on_one_replica_is_applied_on_another() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        let base = env.origin.initial();
         // Replica A plans the merge; the workspace waits for a confirmation.
         let yaml = dns_yaml(&env, false);
         let a = env.spawn_app(&env.replica_yaml(&yaml, "replica-a")).await;
@@ -93,12 +88,7 @@ async fn a_plan_made_on_one_replica_is_applied_on_another() {
 async fn a_runs_log_is_in_the_store_while_terraform_prints_it() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        let base = env.origin.initial();
         let (app, id) = planning_slowly(&env, base).await;
         // While terraform still runs, what it printed is already stored: a
         // SIGKILL now would keep it.
@@ -250,12 +240,7 @@ async fn retention_deletes_old_plans_but_keeps_what_a_pr_and_a_confirmation_need
 #[tokio::test]
 async fn a_plan_kept_on_disk_before_the_upgrade_is_still_applied() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    let base = env.origin.initial();
     let app = env.spawn_app(&dns_yaml(&env, false)).await;
     merge(&env, &app, base, "dns-v2", "merge-1", 7).await;
     let id = app.wait_for_runs_done(1).await[0]["id"].as_i64().unwrap();

@@ -12,8 +12,8 @@ use std::time::Duration;
 use git2::Oid;
 use serde_json::{json, Value};
 
-use crate::restart::{free_port, start};
 use crate::support::origin::{null_config, write_script};
+use crate::support::replica::{free_listen, kill, spawn_beside, start, start_ready, Remote};
 use crate::support::*;
 
 /// The workspaces of this test: one directory each, all applied on merge.
@@ -154,15 +154,10 @@ fn scenario(env: &TestEnv) -> Vec<Delivery> {
 
 /// Posts one signed delivery; `None` when no answer came (the replica is down
 /// or was killed while answering).
-async fn post(client: &reqwest::Client, base: &str, d: &Delivery) -> Option<u16> {
-    let resp = client
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", d.event)
-        .header("X-GitHub-Delivery", &d.id)
-        .header("X-Hub-Signature-256", sign(WEBHOOK_SECRET, &d.body))
-        .header("Content-Type", "application/json")
+async fn post(replica: &Remote, d: &Delivery) -> Option<u16> {
+    let resp = replica
+        .webhook(d.event, &d.id, &d.body)
         .timeout(Duration::from_secs(10))
-        .body(d.body.clone())
         .send()
         .await
         .ok()?;
@@ -172,15 +167,14 @@ async fn post(client: &reqwest::Client, base: &str, d: &Delivery) -> Option<u16>
 /// Sends `d` to `first`; when that answers nothing or no 2xx, redelivers it to
 /// the other replica, as GitHub would. Records every answer.
 async fn deliver(
-    client: &reqwest::Client,
-    replicas: [&str; 2],
+    replicas: [&Remote; 2],
     first: usize,
     d: &Delivery,
     answers: &mut HashMap<String, Vec<(usize, Option<u16>)>>,
 ) -> usize {
     let mut to = first;
     for _ in 0..2 {
-        let status = post(client, replicas[to], d).await;
+        let status = post(replicas[to], d).await;
         answers.entry(d.id.clone()).or_default().push((to, status));
         if status.is_some_and(|s| (200..300).contains(&s)) {
             return to;
@@ -235,8 +229,7 @@ async fn kill_mid_run(
         ready.then_some(())
     })
     .await;
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
+    kill(&mut a.0);
     let killed = held().await;
     stale.extend(killed);
 }
@@ -278,33 +271,21 @@ async fn kill_9_during_a_burst_loses_nothing_and_runs_nothing_twice() {
     let slow = slow.display().to_string();
     // A takes most of the work (3 workers to B's 1), so each kill finds A
     // holding a run even late in the burst.
-    let listen_a = format!("127.0.0.1:{}", free_port());
-    env.write_config(&format!(
+    let listen_a = free_listen();
+    let yaml_a = format!(
         "node_id: replica-a\n{}{LEASE}",
         env.config_yaml(&workspaces_yaml(), 3, &listen_a, &slow)
-    ));
+    );
     let b_yaml = env.replica_yaml(
         &(env.config_yaml(&workspaces_yaml(), 1, "127.0.0.1:0", &slow) + LEASE),
         "replica-b",
     );
-    let b_path = env.dir.path().join("b.yaml");
-    std::fs::write(&b_path, &b_yaml).unwrap();
-    let b = TestApp::spawn(gantry::Config::load(&b_path, &test_env_lookup).unwrap()).await;
+    let b = spawn_beside(&env, &b_yaml, "b").await;
     let pool = b.ctx.store.pool().clone();
 
-    let client = reqwest::Client::new();
-    let base_a = format!("http://{listen_a}");
-    let base_b = format!("http://{}", b.addr);
-    let mut a = KillOnDrop(start(&env));
-    wait_until(Duration::from_secs(30), || async {
-        client
-            .get(format!("{base_a}/readyz"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status() == 200)
-    })
-    .await;
+    let remote_b = Remote::at(&b.addr.to_string());
+    let (a, remote_a) = start_ready(&env, &listen_a, &yaml_a).await;
+    let mut a = KillOnDrop(a);
 
     // The burst: deliveries alternate between A and B; every third one is
     // redelivered to the other replica three deliveries later; A is killed
@@ -316,12 +297,12 @@ async fn kill_9_during_a_burst_loses_nothing_and_runs_nothing_twice() {
     let mut killed_holding: Vec<Claim> = Vec::new();
     let mut kills = 0;
     for (i, d) in deliveries.iter().enumerate() {
-        let replicas = [base_a.as_str(), base_b.as_str()];
-        answered_by.insert(i, deliver(&client, replicas, i % 2, d, &mut answers).await);
+        let replicas = [&remote_a, &remote_b];
+        answered_by.insert(i, deliver(replicas, i % 2, d, &mut answers).await);
         if i >= 3 && (i - 3) % 3 == 2 {
             let again = &deliveries[i - 3];
             let other = 1 - answered_by[&(i - 3)];
-            deliver(&client, replicas, other, again, &mut answers).await;
+            deliver(replicas, other, again, &mut answers).await;
         }
         if let Some((_, patience)) = kill_after.iter().find(|(after, _)| *after == i) {
             let patience = Duration::from_secs(*patience);

@@ -38,17 +38,11 @@ async fn check(app: &TestApp) -> Value {
 async fn a_change_behind_terraforms_back_is_reported_as_drift() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
+        let (_, base, merged) = env.origin.standard_change(
+            vec![("dns/main.tf", null_config("dns-v2"))],
+            "merge",
             &["refs/heads/main"],
         );
-        let mut files = crate::support::origin::standard_files();
-        files.insert("dns/main.tf".into(), null_config("dns-v2"));
-        let merged = env
-            .origin
-            .commit(&files, &[base], "merge", &["refs/heads/main"]);
         let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n    auto_apply: true\n    drift_mode: plan\n";
         let app = env
             .spawn_app(&env.config_yaml(workspaces, 2, "127.0.0.1:0", &terraform_bin()))
@@ -144,12 +138,7 @@ async fn a_change_behind_terraforms_back_is_reported_as_drift() {
 async fn a_scheduled_tick_runs_once_across_two_instances() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        env.origin.initial();
         let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n    drift_mode: plan\nenvironments:\n  - name: production\n    drift_schedule: \"@yearly\"\n";
         let yaml = env.config_yaml(workspaces, 2, "127.0.0.1:0", &terraform_bin());
         let a = env.spawn_app(&yaml).await;
@@ -210,12 +199,7 @@ async fn a_scheduled_tick_runs_once_across_two_instances() {
 #[tokio::test]
 async fn a_drift_issue_opens_updates_and_closes_itself() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    let base = env.origin.initial();
     let workspaces = "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n    auto_apply: true\n    drift_mode: plan\n    drift_notify: issue\n";
     let app = env
         .spawn_app(&env.config_yaml(workspaces, 2, "127.0.0.1:0", &terraform_bin()))
@@ -260,11 +244,9 @@ async fn a_drift_issue_opens_updates_and_closes_itself() {
     assert_eq!(calls[1].body.get("state"), None);
 
     // Applied by a merge: the next check finds no drift and closes the issue.
-    let mut files = crate::support::origin::standard_files();
-    files.insert("dns/main.tf".into(), null_config("dns-v2"));
-    let merged = env
-        .origin
-        .commit(&files, &[base], "merge", &["refs/heads/main"]);
+    let merged =
+        env.origin
+            .merge_standard(base, vec![("dns/main.tf", null_config("dns-v2"))], "merge");
     app.send_webhook(
         "push",
         "m-1",
@@ -313,12 +295,7 @@ async fn drift_is_posted_to_a_webhook_with_slack_text() {
     tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
 
     let env = TestEnv::new(&Db::Sqlite).await;
-    env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    env.origin.initial();
     let workspaces = format!(
         "  - name: dns\n    environment: production\n    provider: github\n    repo: acme/infra\n    dir: dns\n    drift_mode: plan\n    drift_notify: webhook\n    drift_webhook_url: \"{url}\"\n"
     );

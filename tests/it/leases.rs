@@ -347,17 +347,11 @@ async fn an_apply_whose_replica_is_cut_off_is_stopped_marked_interrupted_and_loc
         return;
     };
     let env = TestEnv::new(&db).await;
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
+    let (_, base, merged) = env.origin.standard_change(
+        vec![("dns/main.tf", null_config("dns-v2"))],
+        "merge",
         &["refs/heads/main"],
     );
-    let mut files = crate::support::origin::standard_files();
-    files.insert("dns/main.tf".into(), null_config("dns-v2"));
-    let merged = env
-        .origin
-        .commit(&files, &[base], "merge", &["refs/heads/main"]);
     let replicas = two_replicas(&env, "apply", &format!("{DNS}    auto_apply: true\n")).await;
     let r = replicas
         .a

@@ -123,12 +123,7 @@ async fn enforcement_levels_decide_what_is_applied() {
         let env = TestEnv::new(&db).await;
         let policies = Origin::new(&env.origin.root, "acme/policies");
         policies.commit(&policy_files(HARD), &[], "policies", &["refs/heads/main"]);
-        let base = env.origin.commit(
-            &crate::support::origin::standard_files(),
-            &[],
-            "initial",
-            &["refs/heads/main"],
-        );
+        let base = env.origin.initial();
         let app = env.spawn_app(&yaml(&env)).await;
 
         // Hard-mandatory failure: the check fails and nothing is applied.
@@ -466,12 +461,7 @@ async fn a_policy_pull_request_gets_an_impact_table_and_status() {
     let planner = env.spawn_app(&y).await;
 
     // Both workspaces have a stored plan (a merge, waiting for confirmation).
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
+    let base = env.origin.initial();
     let mut files = crate::support::origin::standard_files();
     files.insert("dns/main.tf".into(), null_config("dns-v2"));
     files.insert("modules/vpc/main.tf".into(), null_config("vpc-v2"));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::apply::{merge_dns, post, wait_state};
 use crate::support::origin::null_config;
 use crate::support::*;
 
@@ -430,16 +431,7 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
         assert_eq!(post("run-lock", writer.clone(), other).await, 409, "{db:?}");
         // A run's token cannot force-unlock; the wrong id gets the holder back.
         assert_eq!(
-            app.client
-                .request(
-                    reqwest::Method::from_bytes(b"UNLOCK").unwrap(),
-                    app.url("/state/v1/dns")
-                )
-                .basic_auth("t", Some(&token))
-                .send()
-                .await
-                .unwrap()
-                .status(),
+            call(&app, "UNLOCK", "dns", &token, None).await.status(),
             409
         );
         assert_eq!(
@@ -486,16 +478,7 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
             200
         );
         // The API token may force-unlock (terraform force-unlock sends no body), audited.
-        let forced = app
-            .client
-            .request(
-                reqwest::Method::from_bytes(b"UNLOCK").unwrap(),
-                app.url("/state/v1/dns"),
-            )
-            .basic_auth("t", Some(API_TOKEN))
-            .send()
-            .await
-            .unwrap();
+        let forced = call(&app, "UNLOCK", "dns", API_TOKEN, None).await;
         assert_eq!(forced.status(), 200);
         let audit = app.api("/api/audit?workspace=dns").await;
         assert_eq!(
@@ -506,53 +489,17 @@ async fn run_tokens_are_scoped_to_their_workspace_and_run_and_lock_conflicts_ans
     }
 }
 
-async fn post_api(app: &TestApp, path: &str) -> reqwest::Response {
-    app.client
-        .post(app.url(path))
-        .bearer_auth(API_TOKEN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Merges `dns` with a slow resource (a push webhook, `auto_apply`); returns
 /// the run once it is applying.
 async fn merge_slow(env: &TestEnv, app: &TestApp, secs: u64) -> i64 {
-    let base = env.origin.commit(
-        &crate::support::origin::standard_files(),
-        &[],
-        "initial",
-        &["refs/heads/main"],
-    );
-    let mut files = crate::support::origin::standard_files();
-    files.insert("dns/main.tf".into(), slow_resource("v2", secs));
-    let sha = env
-        .origin
-        .commit(&files, &[base], "Merge pull request", &["refs/heads/main"]);
-    env.github.set_commit_pr(&sha.to_string(), 7);
-    let r = app
-        .send_webhook(
-            "push",
-            "merge-1",
-            &push_payload("main", &base.to_string(), &sha.to_string()),
-        )
-        .await;
-    assert_eq!(r.status(), 202);
+    let base = env.origin.initial();
+    merge_dns(env, app, base, slow_resource("v2", secs), "merge-1", 7).await;
     wait_until(Duration::from_secs(120), || async {
         app.runs()
             .await
             .into_iter()
             .find(|r| r["workspace"] == "dns" && r["state"] == "applying")
             .and_then(|r| r["id"].as_i64())
-    })
-    .await
-}
-
-async fn wait_run(app: &TestApp, id: i64, state: &str) -> Value {
-    wait_until(Duration::from_secs(120), || async {
-        let run = app.api(&format!("/api/runs/{id}")).await;
-        (run["state"] == state).then_some(run)
     })
     .await
 }
@@ -569,12 +516,12 @@ async fn a_canceled_apply_locks_the_workspace_with_its_reason() {
         })
         .await;
         assert_eq!(
-            post_api(&app, &format!("/api/runs/{id}/cancel"))
+            post(&app, &format!("/api/runs/{id}/cancel"), json!({}))
                 .await
                 .status(),
             200
         );
-        wait_run(&app, id, "canceled").await;
+        wait_state(&app, id, "canceled").await;
         let lock = app
             .ctx
             .store
@@ -623,7 +570,7 @@ async fn an_apply_whose_state_cannot_be_stored_spools_it_and_locks_the_workspace
             .add_state_version("dns", 99, "someone-else", 0, &theirs.to_string())
             .await
             .unwrap();
-        let run = wait_run(&app, id, "errored").await;
+        let run = wait_state(&app, id, "errored").await;
         let lock = app
             .ctx
             .store
@@ -676,7 +623,7 @@ async fn an_apply_that_times_out_locks_the_workspace_with_its_reason() {
     );
     let app = env.spawn_app(&yaml).await;
     let id = merge_slow(&env, &app, 300).await;
-    let run = wait_run(&app, id, "errored").await;
+    let run = wait_state(&app, id, "errored").await;
     assert!(
         run["state_reason"]
             .as_str()

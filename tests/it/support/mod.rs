@@ -7,6 +7,7 @@
 pub mod fake_api;
 pub mod fake_github;
 pub mod origin;
+pub mod replica;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -126,13 +126,28 @@ impl Origin {
         message: &str,
         head_refs: &[&str],
     ) -> (BTreeMap<String, String>, Oid, Oid) {
+        let base = self.initial();
         let mut files = standard_files();
-        let base = self.commit(&files, &[], "initial", &["refs/heads/main"]);
         for (path, text) in edits {
             files.insert(path.to_string(), text);
         }
         let head = self.commit(&files, &[base], message, head_refs);
         (files, base, head)
+    }
+
+    /// The standard files committed on `main` ("initial"); the commit.
+    pub fn initial(&self) -> Oid {
+        self.commit(&standard_files(), &[], "initial", &["refs/heads/main"])
+    }
+
+    /// The standard files with `edits` on top, committed on `main` over
+    /// `parent` (a merge, as a push to main sees it); the commit.
+    pub fn merge_standard(&self, parent: Oid, edits: Vec<(&str, String)>, message: &str) -> Oid {
+        let mut files = standard_files();
+        for (path, text) in edits {
+            files.insert(path.to_string(), text);
+        }
+        self.commit(&files, &[parent], message, &["refs/heads/main"])
     }
 }
 
