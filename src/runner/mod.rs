@@ -17,6 +17,7 @@
 //! only there and in its workspace's plugin cache. The scratch is deleted when
 //! the run ends.
 
+pub mod archive;
 pub mod protocol;
 pub mod sandbox;
 
