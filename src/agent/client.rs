@@ -176,20 +176,18 @@ impl Client {
 
     /// `GET jobs/{id}/source`: the checkout as a `tar.gz`.
     pub async fn source(&self, job: &JobRef) -> Result<Vec<u8>, ClientError> {
-        let rel = format!("jobs/{}/source", job.id);
-        let resp = self
-            .send("source download", false, || {
-                self.request(Method::GET, &rel, Some(job))
-            })
-            .await?;
-        bytes(resp).await
+        self.download(job, "source").await
     }
 
     /// `GET jobs/{id}/plan`: the reviewed plan file an apply applies.
     pub async fn plan(&self, job: &JobRef) -> Result<Vec<u8>, ClientError> {
-        let rel = format!("jobs/{}/plan", job.id);
+        self.download(job, "plan").await
+    }
+
+    async fn download(&self, job: &JobRef, what: &str) -> Result<Vec<u8>, ClientError> {
+        let rel = format!("jobs/{}/{what}", job.id);
         let resp = self
-            .send("plan download", false, || {
+            .send(&format!("{what} download"), false, || {
                 self.request(Method::GET, &rel, Some(job))
             })
             .await?;

@@ -39,6 +39,8 @@ struct Fake {
     queue: VecDeque<JobGrant>,
     grants: HashMap<i64, JobGrant>,
     sources: HashMap<i64, Vec<u8>>,
+    /// Apply jobs' plan files.
+    plans: HashMap<i64, Vec<u8>>,
     beat: HashMap<i64, Beat>,
     heartbeats: HashMap<i64, usize>,
     /// Stored once per seq, as the server does.
@@ -63,6 +65,7 @@ impl FakeServer {
         let app = Router::new()
             .route("/api/agent/claim", post(claim))
             .route("/api/agent/jobs/{id}/source", get(source))
+            .route("/api/agent/jobs/{id}/plan", get(plan))
             .route("/api/agent/jobs/{id}/heartbeat", post(heartbeat))
             .route("/api/agent/jobs/{id}/log", post(log))
             .route("/api/agent/jobs/{id}/artifacts/{name}", put(artifact))
@@ -153,6 +156,14 @@ async fn source(
     let s = s.lock().unwrap();
     match check(&s, &headers, Some(id)) {
         Ok(()) => s.sources[&id].clone().into_response(),
+        Err(code) => code.into_response(),
+    }
+}
+
+async fn plan(State(s): State<Shared>, headers: HeaderMap, UrlPath(id): UrlPath<i64>) -> Response {
+    let s = s.lock().unwrap();
+    match check(&s, &headers, Some(id)) {
+        Ok(()) => s.plans[&id].clone().into_response(),
         Err(code) => code.into_response(),
     }
 }
@@ -293,6 +304,47 @@ fn slow_terraform(dir: &Path) -> PathBuf {
     wrapper
 }
 
+/// An agent whose terraform sleeps in `plan`, running job `job` of run
+/// `run`; returned once the plan has started.
+struct SlowPlan {
+    dir: tempfile::TempDir,
+    server: FakeServer,
+    work: PathBuf,
+    drain: CancellationToken,
+    agent: tokio::task::JoinHandle<Result<(), gantry::agent::AgentError>>,
+}
+
+async fn slow_plan(job: i64, run: i64, lease_ms: u64) -> SlowPlan {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    server.offer(
+        grant(job, run, JobKind::Plan, lease_ms),
+        packed_repo(dir.path(), ""),
+        Beat::Renew,
+    );
+    let work = dir.path().join("agent");
+    let slow = slow_terraform(dir.path());
+    let drain = CancellationToken::new();
+    let agent = tokio::spawn(gantry::agent::run(
+        options(&server, &work, &slow.display().to_string()),
+        drain.clone(),
+    ));
+    wait_until(Duration::from_secs(60), || async {
+        server
+            .log_text(job)
+            .contains("planning-slowly")
+            .then_some(())
+    })
+    .await;
+    SlowPlan {
+        dir,
+        server,
+        work,
+        drain,
+        agent,
+    }
+}
+
 fn scratch(work: &Path, run_id: i64) -> PathBuf {
     work.join("work").join(format!("run-{run_id}"))
 }
@@ -370,24 +422,13 @@ async fn an_agent_plans_with_real_terraform_and_reports_everything() {
 
 #[tokio::test]
 async fn a_lost_lease_stops_terraform_and_drops_the_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = FakeServer::start().await;
-    server.offer(
-        grant(2, 42, JobKind::Plan, 900),
-        packed_repo(dir.path(), ""),
-        Beat::Renew,
-    );
-    let work = dir.path().join("agent");
-    let slow = slow_terraform(dir.path());
-    let drain = CancellationToken::new();
-    let agent = tokio::spawn(gantry::agent::run(
-        options(&server, &work, &slow.display().to_string()),
-        drain.clone(),
-    ));
-    wait_until(Duration::from_secs(60), || async {
-        server.log_text(2).contains("planning-slowly").then_some(())
-    })
-    .await;
+    let SlowPlan {
+        dir: _dir,
+        server,
+        work,
+        drain,
+        agent,
+    } = slow_plan(2, 42, 900).await;
     let lost_at = Instant::now();
     server.with(|s| s.beat.insert(2, Beat::Conflict));
     // The job ends: its scratch is deleted, the next claim runs nothing.
@@ -419,28 +460,18 @@ async fn a_lost_lease_stops_terraform_and_drops_the_job() {
 
 #[tokio::test]
 async fn a_cancel_heartbeat_stops_terraform_and_completes_canceled() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = FakeServer::start().await;
-    server.offer(
-        grant(3, 43, JobKind::Plan, 900),
-        packed_repo(dir.path(), ""),
-        Beat::Renew,
-    );
-    let work = dir.path().join("agent");
-    let slow = slow_terraform(dir.path());
-    let drain = CancellationToken::new();
-    let agent = tokio::spawn(gantry::agent::run(
-        options(&server, &work, &slow.display().to_string()),
-        drain.clone(),
-    ));
-    wait_until(Duration::from_secs(60), || async {
-        server.log_text(3).contains("planning-slowly").then_some(())
-    })
-    .await;
+    let SlowPlan {
+        dir: _dir,
+        server,
+        work,
+        drain,
+        agent,
+    } = slow_plan(3, 43, 900).await;
     let asked = Instant::now();
     server.with(|s| s.beat.insert(3, Beat::Cancel));
     let done = server.wait_for_completion(3).await;
     assert_eq!(done.outcome, Outcome::Canceled);
+    assert!(!scratch(&work, 43).exists(), "deleted before completing");
     assert!(
         asked.elapsed() < Duration::from_secs(30),
         "terraform was stopped"
@@ -457,30 +488,19 @@ async fn a_cancel_heartbeat_stops_terraform_and_completes_canceled() {
 
 #[tokio::test]
 async fn draining_hands_a_running_plan_back_and_exits() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = FakeServer::start().await;
-    server.offer(
-        grant(4, 44, JobKind::Plan, 30_000),
-        packed_repo(dir.path(), ""),
-        Beat::Renew,
-    );
+    let SlowPlan {
+        dir,
+        server,
+        work,
+        drain,
+        agent,
+    } = slow_plan(4, 44, 30_000).await;
     // Queued behind it: a draining agent claims nothing more.
     server.offer(
         grant(5, 45, JobKind::Plan, 30_000),
         packed_repo(&dir.path().join("second"), ""),
         Beat::Renew,
     );
-    let work = dir.path().join("agent");
-    let slow = slow_terraform(dir.path());
-    let drain = CancellationToken::new();
-    let agent = tokio::spawn(gantry::agent::run(
-        options(&server, &work, &slow.display().to_string()),
-        drain.clone(),
-    ));
-    wait_until(Duration::from_secs(60), || async {
-        server.log_text(4).contains("planning-slowly").then_some(())
-    })
-    .await;
     let drained = Instant::now();
     drain.cancel();
     tokio::time::timeout(Duration::from_secs(30), agent)
@@ -544,4 +564,64 @@ async fn a_sandboxed_agents_terraform_reads_nothing_outside_its_job() {
     assert!(!done.text.contains("host-file-canary"));
     drain.cancel();
     agent.await.unwrap().unwrap();
+}
+
+/// The plan of one job applied by the next (fetched, hash-checked); a drain
+/// while it applies lets the apply finish and report.
+#[tokio::test]
+async fn draining_lets_a_running_apply_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = FakeServer::start().await;
+    let source = packed_repo(dir.path(), "");
+    server.offer(
+        grant(7, 47, JobKind::Plan, 30_000),
+        source.clone(),
+        Beat::Renew,
+    );
+    let slow_apply = dir.path().join("slow-apply");
+    write_script(
+        &slow_apply,
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = apply ]; then echo applying-slowly; sleep 3; fi\nexec \"{}\" \"$@\"\n",
+            terraform_bin()
+        ),
+    );
+    let work = dir.path().join("agent");
+    let drain = CancellationToken::new();
+    let agent = tokio::spawn(gantry::agent::run(
+        options(&server, &work, &slow_apply.display().to_string()),
+        drain.clone(),
+    ));
+    let planned = server.wait_for_completion(7).await;
+    assert_eq!(
+        planned.outcome,
+        Outcome::Succeeded { changes: false },
+        "{planned:?}"
+    );
+    let file = server.with(|s| s.artifacts[&(7, "plan_file".to_string())].clone());
+
+    let mut apply = grant(8, 47, JobKind::Apply { init: true }, 30_000);
+    apply.plan_sha256 = Some(gantry::store::sha256_hex(&file));
+    server.with(|s| s.plans.insert(8, file));
+    server.offer(apply, source, Beat::Renew);
+    wait_until(Duration::from_secs(60), || async {
+        server.log_text(8).contains("applying-slowly").then_some(())
+    })
+    .await;
+    drain.cancel();
+    tokio::time::timeout(Duration::from_secs(60), agent)
+        .await
+        .expect("the agent exits once the apply is done")
+        .unwrap()
+        .unwrap();
+    let applied = server
+        .with(|s| s.completions.get(&8).cloned())
+        .expect("completed");
+    assert_eq!(
+        applied.outcome,
+        Outcome::Succeeded { changes: false },
+        "{applied:?}"
+    );
+    assert!(applied.text.contains("Apply complete!"), "{}", applied.text);
+    assert!(!applied.text.contains(SECRET), "{}", applied.text);
 }
