@@ -64,6 +64,35 @@ pub enum Command {
         #[command(subcommand)]
         command: CostCommand,
     },
+    /// Run terraform for an agent pool: claims the pool's jobs from a
+    /// replica. The pool's token is read from GANTRY_AGENT_TOKEN (never a flag).
+    Agent {
+        /// A replica's base URL, e.g. https://gantry.example.com.
+        #[arg(long)]
+        server: url::Url,
+        /// The agent pool (`agent_pools[].name` in the server's config).
+        #[arg(long)]
+        pool: String,
+        /// This agent's name in its pool; default: the host name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: u32,
+        /// Where jobs' scratch and plugin caches live.
+        #[arg(long, default_value = "gantry-agent")]
+        work_dir: PathBuf,
+        /// The terraform/tofu binary for every job; default: the CLI the job
+        /// names (`terraform` or `tofu`), looked up on PATH.
+        #[arg(long)]
+        terraform: Option<String>,
+        /// `off` runs terraform without isolation (not recommended).
+        #[arg(long, value_enum, default_value_t = SandboxArg::On)]
+        sandbox: SandboxArg,
+        /// How long a running apply may finish after SIGTERM/SIGINT.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        shutdown_grace: std::time::Duration,
+    },
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long, default_value = "config/gantry.yaml")]
@@ -78,6 +107,12 @@ pub enum Command {
         #[arg(last = true)]
         argv: Vec<std::ffi::OsString>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SandboxArg {
+    On,
+    Off,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +183,21 @@ pub fn run(cli: Cli) -> ExitCode {
             runtime()?.block_on(plan(c, &workspace, git_ref.as_deref()))
         }),
         Command::Migrate { config } => with_config(&config, |c| runtime()?.block_on(migrate(c))),
+        Command::Agent {
+            server,
+            pool,
+            name,
+            concurrency,
+            work_dir,
+            terraform,
+            sandbox,
+            shutdown_grace,
+        } => agent_options(server, &pool, name, &work_dir).and_then(|mut o| {
+            o.concurrency = concurrency;
+            o.terraform = terraform;
+            o.shutdown_grace = shutdown_grace;
+            runtime()?.block_on(agent(o, sandbox))
+        }),
         Command::Drift {
             command: DriftCommand::Run { config, workspace },
         } => with_config(&config, |c| runtime()?.block_on(drift_run(c, &workspace))),
@@ -401,6 +451,63 @@ async fn shutdown_signal() {
 async fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let app = crate::App::build(config, Arc::new(process_env)).await?;
     app.run_until_stopped(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The agent's options from its flags and environment: the pool token from
+/// `GANTRY_AGENT_TOKEN`, PATH and `TF_CLI_CONFIG_FILE` passed to terraform.
+fn agent_options(
+    server: url::Url,
+    pool: &str,
+    name: Option<String>,
+    work_dir: &Path,
+) -> anyhow::Result<crate::agent::Options> {
+    let token = process_env("GANTRY_AGENT_TOKEN")
+        .filter(|t| !t.is_empty())
+        .context("GANTRY_AGENT_TOKEN is not set: the agent needs its pool's token")?;
+    // The log masks the token, as `serve` masks its config's secrets.
+    let mut redactor = crate::redact::Redactor::default();
+    redactor.add(&token);
+    crate::redact::set_global(redactor);
+    let name = name.unwrap_or_else(host_name);
+    let mut o = crate::agent::Options::new(server, pool, token.into(), &name);
+    o.work_dir = std::path::absolute(work_dir)?;
+    if let Some(path) = process_env("PATH") {
+        o.path = path;
+    }
+    o.cli_config_file = process_env("TF_CLI_CONFIG_FILE").map(PathBuf::from);
+    Ok(o)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gantry-agent".into())
+}
+
+async fn agent(
+    mut options: crate::agent::Options,
+    sandbox: SandboxArg,
+) -> anyhow::Result<ExitCode> {
+    options.sandbox = match sandbox {
+        SandboxArg::On => Some(crate::agent::sandbox(&options.work_dir, &process_env).await?),
+        SandboxArg::Off => {
+            tracing::warn!(
+                "--sandbox off: terraform runs are NOT isolated; a job's code can read this host's files and credentials"
+            );
+            None
+        }
+    };
+    let drain = tokio_util::sync::CancellationToken::new();
+    let on_signal = drain.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no more claims; plans are handed back, applies finish");
+        on_signal.cancel();
+    });
+    crate::agent::run(options, drain).await?;
     Ok(ExitCode::SUCCESS)
 }
 

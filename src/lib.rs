@@ -39,6 +39,7 @@
 //! store imports no domain module, so the types it persists are its own
 //! (`runs`, `cost` and `policy` re-export them).
 
+pub mod agent;
 pub mod api;
 pub mod app;
 pub mod cli;

@@ -26,6 +26,9 @@ const TIERS: &[&[&str]] = &[
     // delivers them through `vcs`.
     &["outbox"],
     &["report"],
+    // `gantry agent` runs jobs with the local runner; nothing but the CLI
+    // names it.
+    &["agent"],
     // `git` implements the planner's `SourceTree` and fetches with a
     // provider's credentials.
     &["git", "runner", "state"],

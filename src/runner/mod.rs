@@ -17,6 +17,7 @@
 //! only there and in its workspace's plugin cache. The scratch is deleted when
 //! the run ends.
 
+pub mod archive;
 pub mod protocol;
 pub mod sandbox;
 
@@ -340,22 +341,58 @@ impl Readable {
         daemon_env: &dyn Fn(&str) -> Option<String>,
     ) -> std::io::Result<Readable> {
         let path = daemon_env("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        let mut paths = config.runner.allow_read.clone();
         let cli_config_file = match &config.terraform.cli_config_file {
             Some(f) => Some(std::path::absolute(f)?),
             None => daemon_env("TF_CLI_CONFIG_FILE").map(PathBuf::from),
         };
+        Ok(Readable::new(
+            path,
+            &config.terraform.bin,
+            cli_config_file,
+            config.runner.allow_read.clone(),
+        ))
+    }
+
+    /// `bin` looked up on `path`; `allow_read` plus the CLI config file and
+    /// what it names.
+    fn new(
+        path: String,
+        bin: &str,
+        cli_config_file: Option<PathBuf>,
+        allow_read: Vec<PathBuf>,
+    ) -> Readable {
+        let mut paths = allow_read;
         if let Some(file) = &cli_config_file {
             paths.push(file.clone());
             paths.extend(cli_config_paths(file));
         }
-        Ok(Readable {
-            bin: resolve_bin(&config.terraform.bin, &path),
+        Readable {
+            bin: resolve_bin(bin, &path),
             path,
             cli_config_file,
             paths,
-        })
+        }
     }
+}
+
+/// What a [`LocalRunner`] is built from where there is no gantry
+/// configuration (`gantry agent`): the same settings `serve` reads from its
+/// config file and environment.
+#[derive(Debug, Clone)]
+pub struct Standalone {
+    /// The terraform/tofu binary: a path, or a name looked up on `path`.
+    pub bin: String,
+    /// PATH of terraform's processes (and where `bin` is looked up).
+    pub path: String,
+    /// `TF_CLI_CONFIG_FILE` for terraform: readable in the sandbox, with the
+    /// mirrors and caches it names.
+    pub cli_config_file: Option<PathBuf>,
+    /// More paths terraform may read (`runner.allow_read`).
+    pub allow_read: Vec<PathBuf>,
+    /// Each job's scratch is `<work_root>/run-<id>`.
+    pub work_root: PathBuf,
+    /// Each workspace's plugin cache is `<plugin_caches>/<workspace>`.
+    pub plugin_caches: PathBuf,
 }
 
 /// Refuses a configuration under which a path gantry must keep to itself
@@ -383,6 +420,46 @@ impl LocalRunner {
         redactor: Arc<Redactor>,
     ) -> std::io::Result<LocalRunner> {
         let readable = Readable::of(config, daemon_env)?;
+        Ok(LocalRunner::build(
+            readable,
+            config.data_dir.join("work"),
+            config.data_dir.join("plugin-cache"),
+            sandbox,
+            redactor,
+        ))
+    }
+
+    /// Builds a runner from `settings` alone (the agent has no gantry
+    /// config): the same clean environment and sandbox as [`LocalRunner::new`].
+    /// `redactor` masks what the process knows is secret; each job adds its
+    /// own sensitive variables.
+    pub fn standalone(
+        settings: Standalone,
+        sandbox: Option<Sandbox>,
+        redactor: Arc<Redactor>,
+    ) -> LocalRunner {
+        let readable = Readable::new(
+            settings.path,
+            &settings.bin,
+            settings.cli_config_file,
+            settings.allow_read,
+        );
+        LocalRunner::build(
+            readable,
+            settings.work_root,
+            settings.plugin_caches,
+            sandbox,
+            redactor,
+        )
+    }
+
+    fn build(
+        readable: Readable,
+        work_root: PathBuf,
+        plugin_caches: PathBuf,
+        sandbox: Option<Sandbox>,
+        redactor: Arc<Redactor>,
+    ) -> LocalRunner {
         let mut base_env: Vec<(String, String)> = vec![("PATH".into(), readable.path)];
         base_env.push(("TF_IN_AUTOMATION".into(), "1".into()));
         base_env.push(("TF_INPUT".into(), "0".into()));
@@ -392,16 +469,16 @@ impl LocalRunner {
         if let Some(file) = &readable.cli_config_file {
             base_env.push(("TF_CLI_CONFIG_FILE".into(), file.display().to_string()));
         }
-        Ok(LocalRunner {
+        LocalRunner {
             bin: readable.bin,
             interrupt_grace: INTERRUPT_GRACE,
             base_env,
             cli_config_reads: readable.paths,
             redactor,
             sandbox,
-            work_root: config.data_dir.join("work"),
-            plugin_caches: config.data_dir.join("plugin-cache"),
-        })
+            work_root,
+            plugin_caches,
+        }
     }
 
     /// How long terraform gets between SIGINT and SIGKILL (default 10 s).

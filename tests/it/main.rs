@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent_client;
 mod apply;
 mod artifacts;
 mod burst;
