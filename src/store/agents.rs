@@ -449,6 +449,26 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Closes a job its runner no longer waits for: ended (`canceled`) if
+    /// it was not, its source archive and uploads dropped (what a run keeps
+    /// is in its own artifacts by now).
+    pub async fn close_agent_job(&self, id: i64) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE agent_jobs SET source = $2, lease_token = NULL, lease_until = NULL, updated_at = $3,
+                                   state = CASE WHEN state IN ('queued', 'running') THEN 'canceled' ELSE state END
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(Vec::<u8>::new())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        drop_uploads(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Queues a job whose agent vanished (its lease `token` ran out) again,
     /// for another agent, as attempt 2. False when it was not (it is no
     /// longer that claim, or is on its second attempt already).
