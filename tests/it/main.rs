@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agents;
 mod apply;
 mod artifacts;
 mod burst;
