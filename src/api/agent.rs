@@ -143,7 +143,7 @@ async fn held(
         .agent_job_access(id, &agent.pool, &agent.name, token)
         .await?
     {
-        JobAccess::Held(job) => Ok((job, token.unwrap_or_default().to_string())),
+        JobAccess::Held(job) => Ok((*job, token.unwrap_or_default().to_string())),
         JobAccess::NotFound => Err(ApiError::NotFound(format!("no job {id}"))),
         JobAccess::Lost => Err(lost(id)),
     }

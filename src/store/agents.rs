@@ -70,7 +70,7 @@ pub struct AgentJob {
 #[derive(Debug, Clone)]
 pub enum JobAccess {
     /// It holds the job's lease.
-    Held(AgentJob),
+    Held(Box<AgentJob>),
     /// A job of another pool, or one granted to another agent: as if it
     /// did not exist.
     NotFound,
@@ -171,7 +171,7 @@ impl Store {
             && token.is_some()
             && job.lease_token.as_deref() == token;
         Ok(if held {
-            JobAccess::Held(job)
+            JobAccess::Held(Box::new(job))
         } else {
             JobAccess::Lost
         })
