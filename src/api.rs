@@ -1,8 +1,12 @@
-//! HTTP: the router (webhooks, REST API, health) and the API's error type.
+//! HTTP: the router (webhooks, REST API, agent endpoints, health) and the
+//! API's error type.
 //!
 //! `/api/*` needs `Authorization: Bearer <token>` (the token named by
-//! `api_token_env`); health endpoints and webhooks (which carry their own
-//! signatures) do not.
+//! `api_token_env`), except `/api/agent/*` ([`agent`]), which needs an agent
+//! pool's token instead; health endpoints and webhooks (which carry their own
+//! signatures) need neither.
+
+pub mod agent;
 
 use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, Request, State};
 use axum::http::StatusCode;
@@ -117,6 +121,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/workspaces/{name}/drift", get(workspace_drift))
         .route("/drift", get(all_drift))
         .route("/audit", get(audit_log))
+        .route("/agents", get(agent::list_agents))
         .route_layer(middleware::from_fn_with_state(
             state.settings.clone(),
             require_token,
@@ -124,7 +129,10 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.settings.clone(),
             redact_response,
-        ));
+        ))
+        // Merged after both layers: a pool token opens these instead of the
+        // API token, and a grant's secrets go to its agent unredacted.
+        .merge(agent::router(&state));
     Router::new()
         .route(
             "/webhooks/{provider_id}",
@@ -240,6 +248,11 @@ pub struct RunView {
     cost_estimate: Option<crate::cost::CostEstimate>,
     policy_results: Option<Vec<crate::policy::groups::PolicyCheck>>,
     policy_override: Option<String>,
+    /// Which runner executed it: `local` or `agent:POOL/NAME`.
+    runner: Option<String>,
+    /// What the running run waits for, e.g. `an agent of pool blue` while
+    /// no agent of its workspace's pool is live.
+    waiting_for: Option<String>,
 }
 
 impl From<&Run> for RunView {
@@ -269,6 +282,8 @@ impl From<&Run> for RunView {
             cost_estimate: r.cost.clone(),
             policy_results: r.policy.clone(),
             policy_override: r.policy_override.clone(),
+            runner: r.runner.clone(),
+            waiting_for: r.waiting_for.clone(),
         }
     }
 }

@@ -183,6 +183,7 @@ mod tests {
             timeout: None,
             auto_apply: false,
             workflow: crate::config::Workflow::ApplyOnMerge,
+            agent_pool: None,
             apply_requirements: Vec::new(),
             drift_mode: crate::config::drift::DriftMode::RefreshOnly,
             drift_schedule: None,

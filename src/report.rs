@@ -26,6 +26,14 @@ fn change_at_fault(run: &Run) -> bool {
 /// The commit status that shows `run`'s current state.
 pub fn status_for(run: &Run, target_url: Option<String>) -> CommitStatus {
     let (state, description) = match run.state {
+        // An agent pool's job that no live agent can take yet.
+        _ if run.state.is_active() && run.waiting_for.is_some() => (
+            StatusState::Pending,
+            format!(
+                "Waiting for {}…",
+                run.waiting_for.as_deref().unwrap_or_default()
+            ),
+        ),
         RunState::Queued => (StatusState::Pending, "Queued".to_string()),
         RunState::Fetching | RunState::Planning => (StatusState::Pending, "Planning…".to_string()),
         RunState::Planned => (
@@ -155,7 +163,10 @@ fn result_cell(s: &Section<'_>) -> String {
         RunState::Errored | RunState::Canceled | RunState::Superseded => {
             first_line(run.state_reason.as_deref().unwrap_or(""))
         }
-        _ => String::new(),
+        _ => match &run.waiting_for {
+            Some(what) => format!("waiting for {what}"),
+            None => String::new(),
+        },
     };
     if let (
         Some(cost),
@@ -430,6 +441,8 @@ mod tests {
             cost: None,
             policy: None,
             policy_override: None,
+            runner: None,
+            waiting_for: None,
         }
     }
 
@@ -522,5 +535,23 @@ mod tests {
     #[test]
     fn truncate_middle_leaves_short_text_alone() {
         assert_eq!(truncate_middle("a\nb\n", 100), ("a\nb".to_string(), None));
+    }
+
+    #[test]
+    fn a_run_waiting_for_an_agent_says_so() {
+        let mut r = run("network", RunState::Planning);
+        r.waiting_for = Some("an agent of pool blue".into());
+        let s = status_for(&r, None);
+        assert_eq!(s.state, StatusState::Pending);
+        assert_eq!(s.description, "Waiting for an agent of pool blue…");
+        let section = Section {
+            run: &r,
+            output: None,
+            lock: None,
+        };
+        assert_eq!(result_cell(&section), "waiting for an agent of pool blue");
+        // Only while it runs: a finished run's status is its end.
+        r.state = RunState::Planned;
+        assert!(!status_for(&r, None).description.contains("Waiting"));
     }
 }

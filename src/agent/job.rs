@@ -237,9 +237,12 @@ fn failure(e: RunnerError) -> Outcome {
             Outcome::PlanTampered { expected, actual }
         }
         RunnerError::Canceled => Outcome::Canceled,
-        e @ (RunnerError::Spawn(_) | RunnerError::Io(_)) => Outcome::Error {
-            message: e.to_string(),
-        },
+        // A local runner never loses an agent; the arm keeps the match total.
+        e @ (RunnerError::Spawn(_) | RunnerError::Io(_) | RunnerError::AgentLost { .. }) => {
+            Outcome::Error {
+                message: e.to_string(),
+            }
+        }
     }
 }
 

@@ -277,6 +277,9 @@ pub struct Workspace {
     pub drift_schedule: Option<drift::DriftSchedule>,
     /// Where drift is reported besides the API.
     pub drift_notify: Option<drift::DriftNotify>,
+    /// The agent pool whose agents run this workspace's terraform (own or
+    /// inherited from the environment); `None`: the local runner.
+    pub agent_pool: Option<String>,
 }
 
 /// When a workspace's changes are applied.
@@ -372,6 +375,18 @@ pub struct RetentionConfig {
     pub events: Duration,
 }
 
+/// A self-hosted agent pool (`agent_pools:`): its agents authenticate with
+/// its token, and get only the jobs of workspaces that name it.
+#[derive(Debug, Clone)]
+pub struct AgentPool {
+    pub name: String,
+    pub token: SecretString,
+}
+
+/// The shortest pool token accepted: a guessable one would hand out jobs
+/// and their credentials.
+pub const MIN_POOL_TOKEN_LEN: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
     pub sandbox: SandboxMode,
@@ -418,6 +433,7 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub workspaces: Vec<Workspace>,
     pub policy_groups: Vec<PolicyGroupConfig>,
+    pub agent_pools: Vec<AgentPool>,
     /// Variables for terraform runs at account, environment and workspace
     /// scope, values resolved; a run gets [`Config::variables_for`].
     pub variables: Variables,
@@ -464,6 +480,10 @@ impl Config {
         self.workspaces.iter().find(|w| w.name == name)
     }
 
+    pub fn agent_pool(&self, name: &str) -> Option<&AgentPool> {
+        self.agent_pools.iter().find(|p| p.name == name)
+    }
+
     /// The variables a run of `workspace` gets for `phase`, sorted by name:
     /// the account's, the workspace's environment's and the workspace's own,
     /// the nearest scope defining a name supplying it (all its definitions,
@@ -478,6 +498,7 @@ impl Config {
     /// own and every sensitive variable's, at every scope.
     pub fn secret_values(&self) -> Vec<SecretString> {
         let mut out = vec![self.api_token.clone()];
+        out.extend(self.agent_pools.iter().map(|p| p.token.clone()));
         out.extend(self.variables.sensitive_values());
         for p in &self.providers {
             out.push(p.webhook_secret.clone());
@@ -507,6 +528,7 @@ impl Config {
     fn daemon_secret_vars(raw: &RawConfig) -> HashSet<String> {
         let mut out = HashSet::new();
         out.insert(raw.api_token_env.clone());
+        out.extend(raw.agent_pools.iter().map(|p| p.token_env.clone()));
         for p in &raw.providers {
             out.extend(p.token_env.clone());
             out.insert(p.webhook_secret_env.clone());
@@ -709,6 +731,7 @@ impl<'a> Validator<'a> {
             },
         };
         let providers = self.providers(&raw);
+        let agent_pools = self.agent_pools(&raw);
         self.environments(&raw);
         let workspaces = self.workspaces(&raw);
         let policy_groups = self.policy_groups(&raw);
@@ -745,8 +768,61 @@ impl<'a> Validator<'a> {
             providers,
             workspaces,
             policy_groups,
+            agent_pools,
             variables,
         })
+    }
+
+    /// `agent_pools:`: unique valid names, each token set and long enough.
+    fn agent_pools(&mut self, raw: &RawConfig) -> Vec<AgentPool> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, p) in raw.agent_pools.iter().enumerate() {
+            let k = |field: &str| format!("agent_pools[{i}].{field}");
+            if !valid_name(&p.name, 64) {
+                self.err(
+                    k("name"),
+                    format!(
+                        "`{}` is not a valid name (letters, digits, `-`, `_`, `.`; at most 64)",
+                        p.name
+                    ),
+                );
+                continue;
+            }
+            if !seen.insert(p.name.clone()) {
+                self.err(k("name"), format!("duplicate agent pool `{}`", p.name));
+                continue;
+            }
+            let Some(token) = self.secret(&k("token_env"), &p.token_env) else {
+                continue;
+            };
+            use secrecy::ExposeSecret;
+            if token.expose_secret().chars().count() < MIN_POOL_TOKEN_LEN {
+                self.err(
+                    k("token_env"),
+                    format!(
+                        "the token in {} is too short: at least {MIN_POOL_TOKEN_LEN} characters",
+                        p.token_env
+                    ),
+                );
+                continue;
+            }
+            out.push(AgentPool {
+                name: p.name.clone(),
+                token,
+            });
+        }
+        out
+    }
+
+    /// An `agent_pool:` at `key` must name a pool of `agent_pools:`.
+    fn known_pool(&mut self, raw: &RawConfig, key: String, pool: &str) {
+        if !raw.agent_pools.iter().any(|p| p.name == pool) {
+            self.err(
+                key,
+                format!("unknown agent pool `{pool}` (not in agent_pools)"),
+            );
+        }
     }
 
     fn retention(&mut self, raw: &raw::RawRetention) -> RetentionConfig {
@@ -1004,6 +1080,9 @@ impl<'a> Validator<'a> {
                     );
                 }
             }
+            if let Some(pool) = &e.agent_pool {
+                self.known_pool(raw, format!("environments[{i}].agent_pool"), pool);
+            }
             if let Some(m) = &e.drift_mode {
                 if drift::DriftMode::parse(m).is_none() {
                     self.err(
@@ -1216,6 +1295,15 @@ impl<'a> Validator<'a> {
                 .timeout
                 .as_ref()
                 .and_then(|t| self.duration(&k("timeout"), t));
+            // The workspace's own wins; an environment's unknown pool is
+            // reported once, with the environment.
+            if let Some(pool) = &w.agent_pool {
+                self.known_pool(raw, k("agent_pool"), pool);
+            }
+            let agent_pool = w
+                .agent_pool
+                .clone()
+                .or_else(|| env.and_then(|e| e.agent_pool.clone()));
             if self.errors.len() == before {
                 out.push(Workspace {
                     name: w.name.clone(),
@@ -1233,6 +1321,7 @@ impl<'a> Validator<'a> {
                     drift_notify,
                     workflow,
                     apply_requirements,
+                    agent_pool,
                 });
             }
         }

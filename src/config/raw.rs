@@ -48,6 +48,10 @@ pub struct RawConfig {
     pub policy_groups: Vec<RawPolicyGroup>,
     #[serde(default)]
     pub environments: Vec<RawEnvironment>,
+    /// Self-hosted agent pools: `gantry agent` processes holding a pool's
+    /// token run the terraform of workspaces that name the pool.
+    #[serde(default)]
+    pub agent_pools: Vec<RawAgentPool>,
     /// Account-scope variables: every workspace inherits them.
     #[serde(default)]
     pub variables: Vec<RawVariable>,
@@ -73,10 +77,19 @@ pub struct RawVariable {
     pub phases: Option<Vec<String>>,
 }
 
+/// One agent pool: its name and the variable holding its token.
+#[derive(Debug, Deserialize)]
+pub struct RawAgentPool {
+    pub name: String,
+    pub token_env: String,
+}
+
 /// Settings every workspace of an environment inherits (a workspace's own win).
 #[derive(Debug, Deserialize)]
 pub struct RawEnvironment {
     pub name: String,
+    #[serde(default)]
+    pub agent_pool: Option<String>,
     #[serde(default)]
     pub drift_schedule: Option<String>,
     #[serde(default)]
@@ -209,6 +222,8 @@ pub struct RawWorkspace {
     pub drift_notify: Option<String>,
     #[serde(default)]
     pub drift_webhook_url: Option<String>,
+    #[serde(default)]
+    pub agent_pool: Option<String>,
     #[serde(default)]
     pub variables: Vec<RawVariable>,
 }

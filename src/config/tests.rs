@@ -891,3 +891,73 @@ fn retention_has_defaults_and_refuses_zero() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn agent_pools_are_validated_and_a_workspace_s_own_pool_wins() {
+    let pools = "agent_pools:\n  - name: blue\n    token_env: BLUE_TOKEN\n  - name: green\n    token_env: GREEN_TOKEN\n";
+    let env = HashMap::from([
+        ("GANTRY_API_TOKEN", "api-token-123"),
+        ("GITHUB_TOKEN", "ghp_token_123"),
+        ("GITHUB_WEBHOOK_SECRET", "webhook-secret"),
+        ("BLUE_TOKEN", "blue-pool-token-0123456789"),
+        ("GREEN_TOKEN", "short"),
+    ]);
+    let load_with = |text: &str| {
+        Config::from_yaml(Path::new("gantry.yaml"), text, &|k| {
+            env.get(k).map(|v| v.to_string())
+        })
+    };
+    let text = format!(
+        "{pools}environments:\n  - name: production\n    agent_pool: blue\n{}",
+        GOOD.replace(
+            "    trigger_patterns:",
+            "    agent_pool: nowhere\n    trigger_patterns:"
+        )
+    );
+    let errors: Vec<String> = load_with(&text)
+        .unwrap_err()
+        .0
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("agent_pools[1].token_env")
+                && e.contains("GREEN_TOKEN is too short")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.contains("workspaces[0].agent_pool")
+            && e.contains("unknown agent pool `nowhere`")),
+        "{errors:?}"
+    );
+    let dup = format!("{pools}  - name: blue\n    token_env: BLUE_TOKEN\n{GOOD}")
+        .replace("GREEN_TOKEN", "BLUE_TOKEN");
+    let errors = load_with(&dup).unwrap_err().to_string();
+    assert!(errors.contains("agent_pools[2].name"), "{errors}");
+    assert!(errors.contains("duplicate agent pool `blue`"), "{errors}");
+
+    // Inherited from the environment; the token is a secret to redact.
+    let ok = format!(
+        "agent_pools:\n  - name: blue\n    token_env: BLUE_TOKEN\nenvironments:\n  - name: production\n    agent_pool: blue\n{GOOD}"
+    );
+    let c = load_with(&ok).unwrap();
+    assert_eq!(
+        c.workspace("network").unwrap().agent_pool.as_deref(),
+        Some("blue")
+    );
+    assert!(c.agent_pool("blue").is_some());
+    let secrets: Vec<String> = c
+        .secret_values()
+        .iter()
+        .map(|s| secrecy::ExposeSecret::expose_secret(s).to_string())
+        .collect();
+    assert!(secrets.contains(&"blue-pool-token-0123456789".to_string()));
+    let unset = ok.replace("BLUE_TOKEN", "UNSET_TOKEN");
+    let errors = load_with(&unset).unwrap_err().to_string();
+    assert!(
+        errors.contains("agent_pools[0].token_env") && errors.contains("UNSET_TOKEN is not set"),
+        "{errors}"
+    );
+}

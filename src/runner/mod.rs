@@ -19,6 +19,7 @@
 
 pub mod archive;
 pub mod protocol;
+pub mod remote;
 pub mod sandbox;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Phase};
 use crate::redact::Redactor;
 use crate::store::PlanSummary;
+pub use remote::RemoteRunner;
 pub use sandbox::{Layers, Sandbox, SandboxError};
 
 /// How long terraform gets to stop after SIGINT before the group is killed.
@@ -55,6 +57,10 @@ pub enum RunnerError {
     PlanTampered { expected: String, actual: String },
     #[error("cannot run terraform: {0}")]
     Spawn(String),
+    /// The agent running the job stopped answering (its lease ran out) and
+    /// the job may not be repeated: an apply, or a plan already retried.
+    #[error("agent {agent} stopped answering during the job")]
+    AgentLost { agent: String, apply: bool },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

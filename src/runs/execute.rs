@@ -30,7 +30,7 @@ use crate::policy::tfrun::tfrun;
 use crate::policy::EnforcementLevel;
 use crate::redact::Redactor;
 use crate::runner::Sandbox;
-use crate::runner::{JobPhase, LogSink, PlanArtifacts, Runner, RunnerError};
+use crate::runner::{JobPhase, LogSink, PlanArtifacts, RunnerError};
 use crate::runs::artifacts::RunLog;
 use crate::runs::guard::{self, lock_unfinished_apply, refuse_tampered_plan};
 use crate::runs::heartbeat::{Heartbeat, LEASE_LOST};

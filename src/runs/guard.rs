@@ -61,6 +61,15 @@ pub async fn lock_unfinished_apply(
     if matches!(error, RunnerError::Canceled) && ctx.shutdown.is_cancelled() {
         return;
     }
+    if let RunnerError::AgentLost { .. } = error {
+        // As the reaper does for a replica that vanished mid-apply.
+        let reason = format!(
+            "run {} was interrupted during apply; check the state, then unlock",
+            run.id
+        );
+        lock_as(ctx, run, "lock", &reason, "interrupted during apply").await;
+        return;
+    }
     let spooled = if gantry_state {
         let why = format!("state left by run {}'s unfinished apply", run.id);
         crate::state::spool_errored(&ctx.store, &run.workspace, run.id, workdir, &why)
@@ -108,6 +117,11 @@ pub async fn refuse_tampered_plan(ctx: &Deps, run: &Run, expected: &str, actual:
 /// Locks `run`'s workspace for `reason` and audits it as `action`. Failures
 /// are logged: the run's own end is recorded either way.
 async fn lock(ctx: &Deps, run: &Run, action: &str, reason: &str) {
+    lock_as(ctx, run, action, reason, reason).await
+}
+
+/// [`lock`], with the audit entry's own `detail`.
+async fn lock_as(ctx: &Deps, run: &Run, action: &str, reason: &str, detail: &str) {
     tracing::error!(run.id = run.id, workspace.name = %run.workspace, "{reason}; locking {}", run.workspace);
     if let Err(e) = ctx
         .store
@@ -124,7 +138,7 @@ async fn lock(ctx: &Deps, run: &Run, action: &str, reason: &str) {
             workspace: Some(&run.workspace),
             run_id: Some(run.id),
             commit_sha: Some(&run.head_sha),
-            detail: Some(reason),
+            detail: Some(detail),
         })
         .await
     {

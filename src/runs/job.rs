@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use crate::config::{Config, Workspace};
 use crate::git::Mirror;
-use crate::runner::{BackendConfig, EnvVar, JobPhase, JobSpec, LocalRunner, RunDirs};
+use crate::runner::{BackendConfig, EnvVar, JobPhase, JobSpec, LocalRunner, RemoteRunner};
+use crate::runner::{RunDirs, Runner};
 use crate::runs::execute::Deps;
 use crate::runs::outcome::Failure;
 use crate::runs::{Run, RunKind};
@@ -14,7 +15,8 @@ use crate::runs::{Run, RunKind};
 /// A checked-out commit ready for terraform.
 pub struct Checkout {
     pub workspace: Workspace,
-    pub runner: LocalRunner,
+    /// The local runner, or the remote one of the workspace's agent pool.
+    pub runner: Box<dyn Runner>,
     /// The plan (or drift check) job.
     pub job: JobSpec,
     /// Where terraform runs: the workspace's directory in the run's scratch.
@@ -111,9 +113,7 @@ pub async fn checkout(
                 .await?;
         job.backend = Some(backend_config(creds));
     }
-    let env = ctx.settings.env.clone();
-    let runner = LocalRunner::new(&config, &*env, ctx.sandbox.clone(), ctx.redactor())
-        .map_err(|e| Failure::internal(format!("preparing the runner: {e}")))?;
+    let runner = runner_for(ctx, &config, &workspace, run.id, &dirs).await?;
     Ok(Checkout {
         workspace,
         runner,
@@ -121,6 +121,32 @@ pub async fn checkout(
         workdir,
         gantry_state,
     })
+}
+
+/// The runner of `workspace`: the remote runner of its agent pool (the
+/// claiming agent records itself as the run's runner), or the local one,
+/// recorded as the run's runner now.
+async fn runner_for(
+    ctx: &Deps,
+    config: &Config,
+    workspace: &Workspace,
+    run_id: i64,
+    dirs: &RunDirs,
+) -> Result<Box<dyn Runner>, Failure> {
+    if let Some(pool) = &workspace.agent_pool {
+        let (store, lease) = (ctx.store.clone(), config.queue.lease);
+        return Ok(Box::new(RemoteRunner::new(
+            store,
+            pool,
+            dirs.checkout(),
+            lease,
+        )));
+    }
+    let env = ctx.settings.env.clone();
+    let runner = LocalRunner::new(config, &*env, ctx.sandbox.clone(), ctx.redactor())
+        .map_err(|e| Failure::internal(format!("preparing the runner: {e}")))?;
+    ctx.store.set_runner(run_id, "local").await?;
+    Ok(Box::new(runner))
 }
 
 /// The terraform job of one run phase: its timeout, and only that

@@ -80,6 +80,9 @@ pub enum Failure {
         expected: String,
         actual: String,
     },
+    /// The agent running its terraform vanished and the job may not be
+    /// repeated (an apply, or a plan already retried once).
+    Interrupted { apply: bool },
     /// gantry or its surroundings failed.
     Internal(String),
 }
@@ -98,6 +101,8 @@ impl Failure {
             Failure::TimedOut { .. } | Failure::Terraform { .. } => FailureKind::Terraform,
             Failure::Refused(_) => FailureKind::Refused,
             Failure::Tampered { .. } => FailureKind::Tampered,
+            Failure::Interrupted { apply: true } => FailureKind::InterruptedApply,
+            Failure::Interrupted { apply: false } => FailureKind::Interrupted,
             Failure::Internal(_) => FailureKind::Internal,
         }
     }
@@ -132,6 +137,9 @@ impl fmt::Display for Failure {
                 "apply refused: {}",
                 tampered_reason(*run_id, expected, actual)
             ),
+            // The reaper's words for a replica that vanished.
+            Failure::Interrupted { apply: true } => f.write_str("interrupted during apply"),
+            Failure::Interrupted { apply: false } => f.write_str("interrupted"),
             Failure::Internal(why) => f.write_str(why),
         }
     }
@@ -161,6 +169,7 @@ impl From<RunnerError> for Failure {
             RunnerError::Failed { step, message } => Failure::Terraform { step, message },
             RunnerError::TimedOut { step, after } => Failure::TimedOut { step, after },
             RunnerError::Canceled => Failure::Canceled,
+            RunnerError::AgentLost { apply, .. } => Failure::Interrupted { apply },
             other => Failure::Internal(other.to_string()),
         }
     }
@@ -218,6 +227,16 @@ mod tests {
                 },
                 "apply refused: plan file of run 3 changed after it was reviewed (sha256 bb, expected aa); apply refused",
                 FailureKind::Tampered,
+            ),
+            (
+                Failure::Interrupted { apply: true },
+                "interrupted during apply",
+                FailureKind::InterruptedApply,
+            ),
+            (
+                Failure::Interrupted { apply: false },
+                "interrupted",
+                FailureKind::Interrupted,
             ),
             (
                 Failure::internal("git fetch failed"),

@@ -12,6 +12,7 @@
 //! SQLite rule: a transaction's first statement is a write, so it takes the write
 //! lock up front and waits on `busy_timeout` instead of failing on a lock upgrade.
 
+mod agents;
 mod artifacts;
 mod events;
 mod failure;
@@ -34,6 +35,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use agents::{job_state, AgentJob, AgentRow, JobAccess, NewAgentJob};
 pub use artifacts::{sha256_hex, Artifact, ArtifactKind};
 pub use events::{same_commit, short_sha, EventRow, NewEvent, Supersede};
 pub use failure::FailureKind;

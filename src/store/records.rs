@@ -248,6 +248,11 @@ pub struct Run {
     pub policy: Option<Vec<PolicyCheck>>,
     /// Who overrode soft-mandatory failures, and why.
     pub policy_override: Option<String>,
+    /// Which runner executed it: `local` or `agent:POOL/NAME`.
+    pub runner: Option<String>,
+    /// What the running run waits for: `agent pool NAME` while no agent of
+    /// its pool is live to take its job.
+    pub waiting_for: Option<String>,
 }
 
 impl Run {

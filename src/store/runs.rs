@@ -28,14 +28,14 @@ pub struct NewRun {
     pub head_repo: Option<String>,
 }
 
-const RUN_COLUMNS: &str = "id, workspace, event_id, kind, source, state, state_reason, failure, provider_id, repo, branch,
+pub(super) const RUN_COLUMNS: &str = "id, workspace, event_id, kind, source, state, state_reason, failure, provider_id, repo, branch,
     pr_number, head_sha, git_ref, attempt, retry_of, enqueued_at, started_at, finished_at, updated_at,
     plan_add, plan_change, plan_destroy, apply_requested, planned_at, state_version_at_plan, requested_by, cost_estimate,
-    policy_results, policy_override, head_repo, plan_sha256";
+    policy_results, policy_override, head_repo, plan_sha256, runner, waiting_for";
 
 const ACTIVE: &str = "('fetching', 'planning', 'applying')";
 
-fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
+pub(super) fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
     let kind: String = row.try_get("kind")?;
     let source: String = row.try_get("source")?;
     let state: String = row.try_get("state")?;
@@ -95,6 +95,8 @@ fn run_from_row(row: &sqlx::any::AnyRow) -> StoreResult<Run> {
             None => None,
         },
         policy_override: row.try_get("policy_override")?,
+        runner: row.try_get("runner")?,
+        waiting_for: row.try_get("waiting_for")?,
         cost: match row.try_get::<Option<String>, _>("cost_estimate")? {
             Some(json) => Some(
                 serde_json::from_str(&json)
@@ -600,6 +602,8 @@ impl Store {
             insert_transition(&mut tx, run.id, "errored", Some(&reason), now).await?;
             // Its final status and comment, committed with its end.
             super::outbox::enqueue_run_report(&mut tx, &run, now).await?;
+            // An agent running its terraform stops at its next request.
+            super::agents::end_jobs_of_run(&mut tx, run.id, now).await?;
             if run.failure == Some(FailureKind::InterruptedApply) {
                 // Nobody knows what the apply changed: stop further applies until a person looks.
                 sqlx::query(

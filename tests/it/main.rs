@@ -4,6 +4,7 @@
 mod support;
 
 mod agent_client;
+mod agents;
 mod apply;
 mod artifacts;
 mod burst;

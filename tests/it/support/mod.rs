@@ -26,6 +26,10 @@ pub use origin::Origin;
 pub const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
 pub const API_TOKEN: &str = "api-token-for-tests";
 pub const GITHUB_TOKEN: &str = "ghp_testtoken0000000000";
+/// The tokens of the agent pools `blue` and `green` (`BLUE_POOL_TOKEN`,
+/// `GREEN_POOL_TOKEN`).
+pub const BLUE_POOL_TOKEN: &str = "blue-pool-token-for-tests";
+pub const GREEN_POOL_TOKEN: &str = "green-pool-token-for-tests";
 
 /// Which database a test runs against.
 #[derive(Debug, Clone)]
@@ -228,6 +232,8 @@ pub fn test_env_lookup(name: &str) -> Option<String> {
         "GITHUB_TOKEN" => Some(GITHUB_TOKEN.into()),
         "GITHUB_WEBHOOK_SECRET" | "VCS_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
         "VCS_TOKEN" => Some("vcs-token-for-tests".into()),
+        "BLUE_POOL_TOKEN" => Some(BLUE_POOL_TOKEN.into()),
+        "GREEN_POOL_TOKEN" => Some(GREEN_POOL_TOKEN.into()),
         "PATH" | "HOME" => std::env::var(name).ok(),
         // The sandbox helper is gantry's, not this test binary.
         gantry::runner::sandbox::HELPER_ENV => Some(env!("CARGO_BIN_EXE_gantry-sandbox").into()),
