@@ -521,6 +521,9 @@ async fn a_vanished_agent_s_plan_is_retried_once_and_its_apply_never() {
         assert_eq!(first.job, JobKind::Plan);
         let id = first.run_id;
         let again = b.claim().await;
+        // B keeps its lease from the moment it has the job (a loaded machine
+        // may take longer than the 2 s lease to reach B's plan).
+        let b_alive = b.keep_alive(&again);
         assert_eq!((again.job_id, again.run_id), (first.job_id, id), "{db:?}");
         assert_ne!(again.lease_token, first.lease_token);
         // A's late writes change nothing: the job is B's now.
@@ -531,6 +534,7 @@ async fn a_vanished_agent_s_plan_is_retried_once_and_its_apply_never() {
         assert_eq!(a.complete(first.job_id, stale, late, "").await, 404);
         let work = env.dir.path().join("agent-blue-b");
         b.plan(&app, &again, &work).await;
+        b_alive.abort();
 
         // The apply (auto_apply) goes to A, which takes the plan and vanishes.
         let apply = a.claim().await;
