@@ -123,6 +123,8 @@ enum Report {
         marker: String,
         body: String,
     },
+    /// A new comment on the PR: gantry's answer to a `/gantry` command.
+    Reply { pr: i64, body: String },
     /// Open, update or close the workspace's drift issue.
     DriftIssue {
         workspace: String,
@@ -143,6 +145,7 @@ impl Report {
             Report::PrComment { .. } => "pr_comment",
             Report::ApplyComment { .. } => "apply_comment",
             Report::Comment { .. } => "comment",
+            Report::Reply { .. } => "reply",
             Report::DriftIssue { .. } => "drift_issue",
             Report::DriftWebhook { .. } => "drift_webhook",
         }
@@ -176,6 +179,8 @@ async fn enqueue(outbox: &Outbox, provider_id: &str, repo: &str, report: Report)
             let k = format!("pr|{provider_id}|{repo}|{pr}");
             (k.clone(), Some(format!("{k}|{comment_kind}")))
         }
+        // Every answer is its own comment, in order with the PR's others.
+        Report::Reply { pr, .. } => (format!("pr|{provider_id}|{repo}|{pr}"), None),
         Report::DriftIssue { workspace, .. } => {
             let k = format!("drift_issue|{workspace}");
             (k.clone(), Some(k))
@@ -290,6 +295,11 @@ pub async fn put_comment(
         body,
     };
     enqueue(outbox, provider_id, repo, report).await;
+}
+
+/// Queues `body` as a new comment on pull request `pr` (a command's answer).
+pub async fn reply(outbox: &Outbox, provider_id: &str, repo: &str, pr: i64, body: String) {
+    enqueue(outbox, provider_id, repo, Report::Reply { pr, body }).await;
 }
 
 /// Queues a refresh of the PR's one gantry comment. `nothing_affected_at` is
@@ -686,6 +696,9 @@ async fn deliver(outbox: &Outbox, row: &ReportRow, report: &Report) -> Result<()
             )
             .await?;
             slot.finish(id.as_deref()).await?;
+        }
+        Report::Reply { pr, body } => {
+            provider.create_comment(repo, *pr, body).await?;
         }
         Report::DriftIssue {
             workspace,

@@ -56,22 +56,22 @@ pub(super) async fn handle(
             ..Default::default()
         })
         .await?;
+    // Replies are outbox rows too: dispatch never waits on the VCS API.
     let reply = |body: String| {
-        let provider = provider.clone();
+        let (outbox, provider_id) = (ctx.outbox.clone(), provider.id().to_string());
         let (repo, pr, author) = (c.repo.clone(), c.pr_number, c.author.clone());
         async move {
-            provider
-                .create_comment(&repo, pr, &format!("@{author} {body}"))
-                .await
+            let body = format!("@{author} {body}");
+            crate::outbox::reply(&outbox, &provider_id, &repo, pr, body).await
         }
     };
     match &c.command {
         Command::Help => {
-            reply(HELP.to_string()).await?;
+            reply(HELP.to_string()).await;
             Ok(Outcome::nothing("help sent"))
         }
         Command::Invalid { why } => {
-            reply(format!("{why}.\n\n{HELP}")).await?;
+            reply(format!("{why}.\n\n{HELP}")).await;
             Ok(Outcome::nothing(format!("invalid command: {why}")))
         }
         Command::Plan { workspace } => {
@@ -114,16 +114,16 @@ async fn plan<R, F>(
 ) -> anyhow::Result<Outcome>
 where
     R: Fn(String) -> F,
-    F: std::future::Future<Output = Result<String, crate::vcs::VcsError>>,
+    F: std::future::Future<Output = ()>,
 {
     let pr = provider.pull_request(&c.repo, c.pr_number).await?;
     if !pr.open {
-        reply("this pull request is closed; nothing to plan.".into()).await?;
+        reply("this pull request is closed; nothing to plan.".into()).await;
         return Ok(Outcome::nothing("plan refused: pull request closed"));
     }
     if pr.from_fork && !ctx.settings.config().allow_fork_prs {
         reply("this pull request comes from a fork, and gantry does not run forks' code (`allow_fork_prs`).".into())
-            .await?;
+            .await;
         return Ok(Outcome::nothing("plan refused: pull request from a fork"));
     }
     let change = Change {
@@ -141,12 +141,12 @@ where
         match runs_for(ctx, event, &change).await? {
             Ok(found) => found,
             Err(why) => {
-                reply(format!("nothing to plan: {why}.")).await?;
+                reply(format!("nothing to plan: {why}.")).await;
                 return Ok(Outcome::nothing(why));
             }
         };
     if runs.is_empty() {
-        reply("nothing to plan: this pull request affects no workspace.".into()).await?;
+        reply("nothing to plan: this pull request affects no workspace.".into()).await;
     }
     Ok(Outcome {
         detail: format!(
@@ -176,7 +176,7 @@ async fn apply<R, F>(
 ) -> anyhow::Result<Outcome>
 where
     R: Fn(String) -> F,
-    F: std::future::Future<Output = Result<String, crate::vcs::VcsError>>,
+    F: std::future::Future<Output = ()>,
 {
     let refuse = |why: String| {
         let reply = &reply;
@@ -190,7 +190,7 @@ where
                     ..Default::default()
                 })
                 .await?;
-            reply(format!("apply refused: {why}")).await?;
+            reply(format!("apply refused: {why}")).await;
             Ok::<_, anyhow::Error>(Outcome::nothing(format!("apply refused: {why}")))
         }
     };
@@ -347,14 +347,14 @@ async fn override_policies<R, F>(
 ) -> anyhow::Result<Outcome>
 where
     R: Fn(String) -> F,
-    F: std::future::Future<Output = Result<String, crate::vcs::VcsError>>,
+    F: std::future::Future<Output = ()>,
 {
     if !provider.can_write(&c.repo, &c.author).await? {
         reply(format!(
             "override refused: {} needs write access to {}.",
             c.author, c.repo
         ))
-        .await?;
+        .await;
         return Ok(Outcome::nothing("override refused: no write access"));
     }
     let runs = ctx
@@ -391,14 +391,14 @@ where
     }
     if overridden.is_empty() {
         reply("nothing to override: no plan shown here failed a soft-mandatory policy (hard-mandatory failures cannot be overridden).".into())
-            .await?;
+            .await;
         return Ok(Outcome::nothing("override: nothing to override"));
     }
     reply(format!(
         "soft-mandatory policy failures overridden for {}.",
         overridden.join(", ")
     ))
-    .await?;
+    .await;
     crate::outbox::refresh_pr_comment(&ctx.outbox, provider.id(), &c.repo, c.pr_number, None).await;
     Ok(Outcome::nothing(format!(
         "override on #{}: {}",
