@@ -244,11 +244,18 @@ impl TwoReplicas {
         })
         .await;
         assert!(!self.marks.join("finished").exists());
+        // The wrapper exits right after writing its mark (a loaded machine
+        // may show it running a moment longer); then it is gone or a zombie.
+        let gone = || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z")
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !gone() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(
-            stat.is_empty() || stat.split_whitespace().nth(2) == Some("Z"),
-            "terraform still running: {stat}"
-        );
+        assert!(gone(), "terraform still running: {stat}");
         (self.a, stopped_at)
     }
 }
