@@ -152,7 +152,9 @@ async fn daemon_rounds(sandbox: bool, runner: Where) -> Duration {
         }
     }
     if runner == Where::Agent {
-        let runs = app.api(&format!("/api/runs?workspace=dns&limit={ROUNDS}")).await;
+        let runs = app
+            .api(&format!("/api/runs?workspace=dns&limit={ROUNDS}"))
+            .await;
         for run in runs["runs"].as_array().unwrap() {
             assert_eq!(run["runner"], "agent:blue/bench-agent", "{run}");
         }
