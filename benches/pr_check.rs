@@ -1,6 +1,11 @@
 //! Daemon overhead on a PR check: bare `terraform init && terraform plan` on a
 //! workspace vs. the daemon's webhook-to-final-status time for the same change
 //! (warm mirror). Run with `scripts/bench-pr-check`; prints medians.
+//!
+//! With `--agent` (`scripts/bench-pr-check --agent`) it compares instead the
+//! same PR check run by the local runner and by a `gantry agent` of the
+//! workspace's pool on loopback (the agent's library loop, in-process, with
+//! its own sandbox, scratch and plugin cache, as `gantry agent` runs it).
 
 #[path = "../tests/it/support/mod.rs"]
 mod support;
@@ -9,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use support::origin::{null_config, standard_files};
 use support::*;
+use tokio_util::sync::CancellationToken;
 
 const ROUNDS: usize = 7;
 
@@ -50,23 +56,71 @@ fn bare_terraform(env: &TestEnv, round: usize, show: bool) -> Duration {
     start.elapsed()
 }
 
-/// Median webhook-to-final-status time of a PR check, with the sandbox on or off.
-async fn daemon_rounds(sandbox: bool) -> Duration {
+/// Where the PR check's terraform runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Where {
+    /// The replica's own (local) runner.
+    Local,
+    /// One agent of pool `blue`, on loopback.
+    Agent,
+}
+
+/// Starts an agent of pool `blue` against `app`, as `gantry agent --server
+/// URL --pool blue --terraform BIN` runs it (sandbox on). Cancel the token to
+/// drain it.
+async fn spawn_agent(
+    env: &TestEnv,
+    app: &TestApp,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), gantry::agent::AgentError>>,
+) {
+    let work = env.dir.path().join("agent");
+    let mut o = gantry::agent::Options::new(
+        url::Url::parse(&app.url("")).unwrap(),
+        "blue",
+        BLUE_POOL_TOKEN.to_string().into(),
+        "bench-agent",
+    );
+    o.sandbox = Some(
+        gantry::agent::sandbox(&work, &test_env_lookup)
+            .await
+            .expect("the agent's sandbox"),
+    );
+    o.work_dir = work;
+    o.terraform = Some(terraform_bin());
+    o.path = std::env::var("PATH").unwrap_or_default();
+    o.cli_config_file = Some(terraform_rc());
+    let drain = CancellationToken::new();
+    let agent = tokio::spawn(gantry::agent::run(o, drain.clone()));
+    (drain, agent)
+}
+
+/// Median webhook-to-final-status time of a PR check, with the sandbox on or
+/// off, its terraform run locally or by an agent.
+async fn daemon_rounds(sandbox: bool, runner: Where) -> Duration {
     let env = TestEnv::new(&Db::Sqlite).await;
     let mut files = standard_files();
     let base = env
         .origin
         .commit(&files, &[], "initial", &["refs/heads/main"]);
-    let mut yaml = env.config_yaml(
-        TestEnv::standard_workspaces(),
-        4,
-        "127.0.0.1:0",
-        &terraform_bin(),
-    );
+    let mut workspaces = TestEnv::standard_workspaces().to_string();
+    if runner == Where::Agent {
+        // `dns` is the last workspace: it gets the pool.
+        workspaces.push_str("    agent_pool: blue\n");
+    }
+    let mut yaml = env.config_yaml(&workspaces, 4, "127.0.0.1:0", &terraform_bin());
+    if runner == Where::Agent {
+        yaml = format!("agent_pools:\n  - name: blue\n    token_env: BLUE_POOL_TOKEN\n{yaml}");
+    }
     if !sandbox {
         yaml = yaml.replace("runner:\n", "runner:\n  sandbox: \"off\"\n");
     }
     let app = env.spawn_app(&yaml).await;
+    let agent = match runner {
+        Where::Local => None,
+        Where::Agent => Some(spawn_agent(&env, &app).await),
+    };
 
     // Warm-up: fills the mirror and the plugin cache, like a daemon that has run before.
     let mut parent = base;
@@ -97,8 +151,43 @@ async fn daemon_rounds(sandbox: bool) -> Duration {
             daemon.push(start.elapsed());
         }
     }
+    if runner == Where::Agent {
+        let runs = app
+            .api(&format!("/api/runs?workspace=dns&limit={ROUNDS}"))
+            .await;
+        for run in runs["runs"].as_array().unwrap() {
+            assert_eq!(run["runner"], "agent:blue/bench-agent", "{run}");
+        }
+    }
+    if let Some((drain, agent)) = agent {
+        drain.cancel();
+        agent.await.unwrap().unwrap();
+    }
     app.stop().await;
     median(daemon)
+}
+
+/// `--agent`: the same PR check through the local runner and through an
+/// agent on loopback.
+async fn agent_vs_local() {
+    let local = daemon_rounds(true, Where::Local).await;
+    let agent = daemon_rounds(true, Where::Agent).await;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "pr-check benchmark, agent vs local runner ({ROUNDS} rounds, medians, one null_resource workspace, warm mirror and plugin cache, sandbox on)"
+    );
+    println!(
+        "  webhook -> final status, local runner:       {:>7.1} ms",
+        ms(local)
+    );
+    println!(
+        "  webhook -> final status, agent on loopback:  {:>7.1} ms",
+        ms(agent)
+    );
+    println!(
+        "  agent overhead:                              {:>7.1} ms  (goal: <= 50 ms)",
+        ms(agent) - ms(local)
+    );
 }
 
 /// Median time to start and finish one process, bare and through the
@@ -151,9 +240,12 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    if std::env::args().any(|a| a == "--agent") {
+        return agent_vs_local().await;
+    }
     let env = TestEnv::new(&Db::Sqlite).await;
-    let daemon = daemon_rounds(true).await;
-    let daemon_off = daemon_rounds(false).await;
+    let daemon = daemon_rounds(true, Where::Local).await;
+    let daemon_off = daemon_rounds(false, Where::Local).await;
     let config = env.load_config(&env.default_yaml());
     let sandbox = gantry::app::sandbox_for_runs(&config, &test_env_lookup)
         .await
