@@ -179,6 +179,10 @@ async fn claim(
     loop {
         let config = settings.config();
         let lease = config.queue.lease;
+        // Made before looking, so a job queued meanwhile wakes this claim.
+        let queued = store.agent_jobs_changed();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
         if let Some(job) = store
             .claim_agent_job(&agent.pool, &agent.name, lease)
             .await?
@@ -188,6 +192,8 @@ async fn claim(
         }
         tokio::select! {
             _ = tokio::time::sleep(CLAIM_POLL) => {}
+            // This process queued a job: claim it at once.
+            _ = &mut queued => {}
             _ = tokio::time::sleep_until(deadline) => break,
             // A draining replica hands out no work.
             _ = shutdown.cancelled() => break,

@@ -120,8 +120,11 @@ impl RemoteRunner {
         let mut give_up_at: Option<tokio::time::Instant> = None;
         let mut checked_liveness: Option<tokio::time::Instant> = None;
         loop {
+            let changed = self.store.agent_jobs_changed();
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
+                // This process completed or re-queued a job: look at once.
+                _ = changed => {}
                 _ = cancel.cancelled(), if give_up_at.is_none() => {
                     if self.store.cancel_agent_job(id).await.map_err(store_error)? {
                         return Err(RunnerError::Canceled);

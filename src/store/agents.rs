@@ -120,10 +120,25 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> StoreResult<AgentJob> {
 }
 
 impl Store {
+    /// Resolves when this process next queues, completes, re-queues, cancels
+    /// or ends an agent job: a claim waiting for work and a runner waiting
+    /// for its job's end look again at once. Create it (and `enable` it)
+    /// before looking, so a change in between is not missed. Waiters also
+    /// poll: jobs changed by another replica are only found that way.
+    pub fn agent_jobs_changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.agent_jobs.notified()
+    }
+
+    fn agent_jobs_touched(&self) {
+        self.agent_jobs.notify_waiters();
+    }
+}
+
+impl Store {
     /// Queues a job for its pool; returns its id.
     pub async fn insert_agent_job(&self, j: &NewAgentJob) -> StoreResult<i64> {
         let now = now_ms();
-        Ok(sqlx::query_scalar(
+        let id = sqlx::query_scalar(
             "INSERT INTO agent_jobs (run_id, pool, job, workspace, commit_sha, dir, gantry_state, timeout_ms,
                                      plan_sha256, source, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) RETURNING id",
@@ -140,7 +155,9 @@ impl Store {
         .bind(&j.source)
         .bind(now)
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        self.agent_jobs_touched();
+        Ok(id)
     }
 
     pub async fn agent_job(&self, id: i64) -> StoreResult<Option<AgentJob>> {
@@ -409,6 +426,7 @@ impl Store {
             drop_uploads(&mut tx, id).await?;
         }
         tx.commit().await?;
+        self.agent_jobs_touched();
         Ok(())
     }
 
@@ -424,6 +442,7 @@ impl Store {
         .execute(&self.pool)
         .await?;
         if ended.rows_affected() == 1 {
+            self.agent_jobs_touched();
             return Ok(true);
         }
         sqlx::query("UPDATE agent_jobs SET cancel_requested = 1, updated_at = $2 WHERE id = $1")
@@ -446,6 +465,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        self.agent_jobs_touched();
         Ok(done.rows_affected() == 1)
     }
 
@@ -491,6 +511,7 @@ impl Store {
         }
         drop_uploads(&mut tx, id).await?;
         tx.commit().await?;
+        self.agent_jobs_touched();
         Ok(true)
     }
 

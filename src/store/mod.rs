@@ -79,6 +79,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Wakes this process's waiters when it changes an agent job (see
+    /// [`Store::agent_jobs_changed`]).
+    agent_jobs: std::sync::Arc<tokio::sync::Notify>,
 }
 
 pub fn now_ms() -> i64 {
@@ -148,7 +151,11 @@ impl Store {
             .connect_with(options)
             .await
             .context("connecting to the database")?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            agent_jobs: Default::default(),
+        })
     }
 
     /// Applies pending migrations.
