@@ -27,7 +27,7 @@ const POOLS: &str = "agent_pools:
 
 /// `dns` in pool blue (with a plan variable and an apply-only secret), and
 /// `network` with no pool; `extra` is added at the top.
-fn pools_yaml(env: &TestEnv, extra: &str, auto_apply: bool) -> String {
+pub(crate) fn pools_yaml(env: &TestEnv, extra: &str, auto_apply: bool) -> String {
     let workspaces = format!(
         r#"  - name: dns
     environment: production
@@ -535,11 +535,8 @@ async fn a_vanished_agent_s_plan_is_retried_once_and_its_apply_never() {
         // The apply (auto_apply) goes to A, which takes the plan and vanishes.
         let apply = a.claim().await;
         assert_eq!(apply.run_id, id);
-        assert!(
-            matches!(apply.job, JobKind::Apply { .. }),
-            "{:?}",
-            apply.job
-        );
+        // Its scratch is fresh: the agent runs `init` before applying.
+        assert_eq!(apply.job, JobKind::Apply { init: true });
         let names: Vec<&str> = apply.variables.iter().map(|v| v.name.as_str()).collect();
         assert!(names.contains(&"APPLY_ONLY_SECRET"), "{names:?}");
         let plan = a
