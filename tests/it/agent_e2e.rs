@@ -19,8 +19,8 @@ use std::time::Duration;
 use gantry::runner::protocol::JobKind;
 use serde_json::{json, Value};
 
-use crate::agents::pools_yaml;
-use crate::support::origin::{null_config, standard_files};
+use crate::agents::{dns_and_network_pr, pools_yaml};
+use crate::support::origin::null_config;
 use crate::support::replica::{kill, slow_terraform};
 use crate::support::*;
 
@@ -102,23 +102,12 @@ async fn wait_for_run(
     .await
 }
 
-async fn run_log(app: &TestApp, id: i64) -> String {
-    let resp = app
-        .client
-        .get(app.url(&format!("/api/runs/{id}/log")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    resp.text().await.unwrap()
-}
-
 /// Waits until the run's log shows terraform's `step` started (the runner
 /// writes the command line first); the agent that runs it, as the run says.
 async fn wait_for_step<'a>(app: &TestApp, id: i64, step: &str, agents: &'a [Agent]) -> &'a Agent {
     let line = format!("slow-{step} {step}");
     wait_until(Duration::from_secs(60), || async {
-        run_log(app, id).await.contains(&line).then_some(())
+        app.run_log(id).await.contains(&line).then_some(())
     })
     .await;
     let run = app.api(&format!("/api/runs/{id}")).await;
@@ -161,17 +150,7 @@ async fn state_versions(app: &TestApp, workspace: &str) -> Vec<Value> {
 async fn a_pr_plan_and_its_merge_apply_run_on_agents_and_a_poolless_workspace_locally() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let (files, base, head) = env.origin.standard_change(
-            vec![
-                ("dns/main.tf", null_config("dns-v2")),
-                (
-                    "network/main.tf",
-                    format!("{}\n# wider\n", standard_files()["network/main.tf"]),
-                ),
-            ],
-            "dns and network",
-            &["refs/heads/feature", "refs/pull/7/head"],
-        );
+        let (files, base, head) = dns_and_network_pr(&env);
         let (app, agents) = replica_and_agents(&env, &terraform_bin()).await;
         let names: Vec<String> = agents.iter().map(Agent::runner).collect();
 
@@ -222,7 +201,7 @@ async fn a_pr_plan_and_its_merge_apply_run_on_agents_and_a_poolless_workspace_lo
         let runner = apply["runner"].as_str().unwrap_or_default().to_string();
         assert!(names.contains(&runner), "{db:?}: {apply}");
         let id = apply["id"].as_i64().unwrap();
-        assert!(run_log(&app, id).await.contains("Apply complete!"));
+        assert!(app.run_log(id).await.contains("Apply complete!"));
         let versions = state_versions(&app, "dns").await;
         assert_eq!(versions.len(), 1, "{db:?}: {versions:?}");
         assert_eq!(versions[0]["run_id"], id, "{versions:?}");
@@ -339,14 +318,7 @@ async fn an_agent_killed_mid_apply_leaves_the_run_interrupted_and_the_workspace_
             "{db:?}: {run}"
         );
         assert_eq!(run["failure"], "interrupted_apply", "{run}");
-        let workspaces = app.api("/api/workspaces").await;
-        let dns = workspaces["workspaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["name"] == "dns")
-            .cloned()
-            .unwrap();
+        let dns = app.workspace("dns").await;
         let lock = dns["lock"]["reason"].as_str().unwrap_or_default();
         assert!(lock.contains("interrupted during apply"), "{db:?}: {dns}");
         let status = env
