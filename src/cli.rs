@@ -92,6 +92,11 @@ pub enum Command {
         /// How long a running apply may finish after SIGTERM/SIGINT.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         shutdown_grace: std::time::Duration,
+        /// A path terraform may also read in the sandbox (repeatable), as
+        /// `runner.allow_read` for `serve`: e.g. where a wrapper given to
+        /// `--terraform` finds the real binary.
+        #[arg(long)]
+        allow_read: Vec<PathBuf>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -192,10 +197,15 @@ pub fn run(cli: Cli) -> ExitCode {
             terraform,
             sandbox,
             shutdown_grace,
+            allow_read,
         } => agent_options(server, &pool, name, &work_dir).and_then(|mut o| {
             o.concurrency = concurrency;
             o.terraform = terraform;
             o.shutdown_grace = shutdown_grace;
+            o.allow_read = allow_read
+                .iter()
+                .map(std::path::absolute)
+                .collect::<Result<_, _>>()?;
             runtime()?.block_on(agent(o, sandbox))
         }),
         Command::Drift {

@@ -85,8 +85,11 @@ impl RemoteRunner {
                 },
                 None,
             ),
-            JobPhase::Apply { plan, init } => {
-                (JobKind::Apply { init: *init }, Some(plan.sha256.clone()))
+            // The agent unpacks the source into a fresh scratch for every
+            // job (maybe on another agent than the plan's), so its apply
+            // always runs `init` first, whatever the replica's checkout has.
+            JobPhase::Apply { plan, .. } => {
+                (JobKind::Apply { init: true }, Some(plan.sha256.clone()))
             }
         };
         let dir = self.checkout.clone();

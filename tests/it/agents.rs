@@ -3,6 +3,7 @@
 //! protocol (`gantry::runner::protocol`) and runs real terraform with the
 //! `LocalRunner` in the source it downloaded.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use gantry::runner::protocol::{
 };
 use gantry::runner::{BackendConfig, EnvVar, JobPhase, JobSpec, LocalRunner, NoLog, Runner};
 use gantry::store::sha256_hex;
+use git2::Oid;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -27,7 +29,7 @@ const POOLS: &str = "agent_pools:
 
 /// `dns` in pool blue (with a plan variable and an apply-only secret), and
 /// `network` with no pool; `extra` is added at the top.
-fn pools_yaml(env: &TestEnv, extra: &str, auto_apply: bool) -> String {
+pub(crate) fn pools_yaml(env: &TestEnv, extra: &str, auto_apply: bool) -> String {
     let workspaces = format!(
         r#"  - name: dns
     environment: production
@@ -279,21 +281,27 @@ async fn run_of(app: &TestApp, workspace: &str) -> Value {
     .await
 }
 
+/// PR 7 changing `dns` (in pool blue) and `network` (no pool): the head's
+/// files, base and head.
+pub(crate) fn dns_and_network_pr(env: &TestEnv) -> (BTreeMap<String, String>, Oid, Oid) {
+    env.origin.standard_change(
+        vec![
+            ("dns/main.tf", null_config("dns-v2")),
+            (
+                "network/main.tf",
+                format!("{}\n# wider\n", standard_files()["network/main.tf"]),
+            ),
+        ],
+        "dns and network",
+        &["refs/heads/feature", "refs/pull/7/head"],
+    )
+}
+
 #[tokio::test]
 async fn a_pool_workspace_runs_on_an_agent_of_its_pool_and_no_other() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let (_, base, head) = env.origin.standard_change(
-            vec![
-                ("dns/main.tf", null_config("dns-v2")),
-                (
-                    "network/main.tf",
-                    format!("{}\n# wider\n", standard_files()["network/main.tf"]),
-                ),
-            ],
-            "dns and network",
-            &["refs/heads/feature", "refs/pull/7/head"],
-        );
+        let (_, base, head) = dns_and_network_pr(&env);
         let app = env.spawn_app(&pools_yaml(&env, "", false)).await;
         let body = pr_payload("opened", &head.to_string(), &base.to_string());
         assert_eq!(
@@ -454,16 +462,7 @@ async fn a_pool_workspace_runs_on_an_agent_of_its_pool_and_no_other() {
         assert_eq!(run["runner"], "agent:blue/blue-1", "{db:?}: {run}");
         assert_eq!(run["plan"], json!({"add": 1, "change": 0, "destroy": 0}));
         assert!(run["plan_sha256"].is_string());
-        let log = app
-            .client
-            .get(app.url(&format!("/api/runs/{id}/log")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let log = app.run_log(id).await;
         assert_eq!(log.matches("scripted agent: started").count(), 1, "{log}");
         let status = env
             .wait_for_final_status(&head.to_string(), "gantry/dns")
@@ -539,11 +538,8 @@ async fn a_vanished_agent_s_plan_is_retried_once_and_its_apply_never() {
         // The apply (auto_apply) goes to A, which takes the plan and vanishes.
         let apply = a.claim().await;
         assert_eq!(apply.run_id, id);
-        assert!(
-            matches!(apply.job, JobKind::Apply { .. }),
-            "{:?}",
-            apply.job
-        );
+        // Its scratch is fresh: the agent runs `init` before applying.
+        assert_eq!(apply.job, JobKind::Apply { init: true });
         let names: Vec<&str> = apply.variables.iter().map(|v| v.name.as_str()).collect();
         assert!(names.contains(&"APPLY_ONLY_SECRET"), "{names:?}");
         let plan = a
@@ -563,14 +559,7 @@ async fn a_vanished_agent_s_plan_is_retried_once_and_its_apply_never() {
             "{db:?}: {run}"
         );
         assert_eq!(run["failure"], "interrupted_apply");
-        let ws = app.api("/api/workspaces").await;
-        let dns = ws["workspaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["name"] == "dns")
-            .cloned()
-            .unwrap();
+        let dns = app.workspace("dns").await;
         let lock = dns["lock"]["reason"]
             .as_str()
             .unwrap_or_else(|| panic!("{dns}"));

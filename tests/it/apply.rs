@@ -563,14 +563,7 @@ async fn a_plan_file_changed_after_planning_is_never_applied() {
             .await
             .unwrap();
         assert_eq!(r.status(), 404, "{db:?}: nothing was applied");
-        let workspaces = app.api("/api/workspaces").await;
-        let dns = workspaces["workspaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["name"] == "dns")
-            .unwrap()
-            .clone();
+        let dns = app.workspace("dns").await;
         assert!(
             dns["lock"]["reason"]
                 .as_str()

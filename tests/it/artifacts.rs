@@ -10,18 +10,6 @@ use serde_json::json;
 use crate::apply::{dns_yaml, merge, planning_slowly, post, resources, wait_state};
 use crate::support::*;
 
-async fn log_of(app: &TestApp, id: i64) -> String {
-    let r = app
-        .client
-        .get(app.url(&format!("/api/runs/{id}/log")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_plan_made_on_one_replica_is_applied_on_another() {
     for db in databases() {
@@ -63,7 +51,7 @@ async fn a_plan_made_on_one_replica_is_applied_on_another() {
         assert_eq!(versions["state_versions"][0]["run_id"], id, "{versions}");
 
         // B shows the whole log: A's plan, then its own apply.
-        let log = log_of(&b, id).await;
+        let log = b.run_log(id).await;
         let plan_at = log.find("Plan: 1 to add").expect("the plan's output");
         let apply_at = log.find("Apply complete!").expect("the apply's output");
         assert!(plan_at < apply_at, "{log}");
@@ -93,7 +81,7 @@ async fn a_runs_log_is_in_the_store_while_terraform_prints_it() {
         // While terraform still runs, what it printed is already stored: a
         // SIGKILL now would keep it.
         let log = wait_until(Duration::from_secs(30), || async {
-            let log = log_of(&app, id).await;
+            let log = app.run_log(id).await;
             log.contains("slow plan: started").then_some(log)
         })
         .await;
@@ -116,7 +104,7 @@ async fn a_runs_log_is_in_the_store_while_terraform_prints_it() {
         );
         wait_state(&app, id, "canceled").await;
         let log = wait_until(Duration::from_secs(30), || async {
-            let log = log_of(&app, id).await;
+            let log = app.run_log(id).await;
             log.contains("gantry: canceled").then_some(log)
         })
         .await;
@@ -218,7 +206,7 @@ async fn retention_deletes_old_plans_but_keeps_what_a_pr_and_a_confirmation_need
                 .fetch_one(app.ctx.store.pool())
                 .await
                 .unwrap();
-        let log = log_of(&app, waiting).await;
+        let log = app.run_log(waiting).await;
         (chunks == 0 && log.contains("Apply complete")).then_some(())
     })
     .await;

@@ -4,6 +4,7 @@
 mod support;
 
 mod agent_client;
+mod agent_e2e;
 mod agents;
 mod apply;
 mod artifacts;

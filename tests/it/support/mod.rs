@@ -335,6 +335,31 @@ impl TestApp {
         resp.json().await.unwrap()
     }
 
+    /// The run's log (`GET /api/runs/{id}/log`).
+    pub async fn run_log(&self, id: i64) -> String {
+        let r = self
+            .client
+            .get(self.url(&format!("/api/runs/{id}/log")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
+    /// The workspace `name` as `GET /api/workspaces` lists it (with its lock).
+    pub async fn workspace(&self, name: &str) -> Value {
+        let listed = self.api("/api/workspaces").await;
+        listed["workspaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no workspace {name}: {listed}"))
+    }
+
     pub async fn runs(&self) -> Vec<Value> {
         self.api("/api/runs?limit=500").await["runs"]
             .as_array()
