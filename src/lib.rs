@@ -18,7 +18,8 @@
 //! | [`planner`] | affected workspaces (paths, globs, local module graph) |
 //! | [`queue`] | dispatcher, worker pool, reaper |
 //! | [`runs`] | run state machine, dispatch and execution |
-//! | [`runner`] | `Runner`; terraform as a local subprocess |
+//! | [`runner`] | `Runner`; terraform as a local subprocess, or on an agent of a pool (`RemoteRunner`); the agent wire protocol |
+//! | [`agent`] | `gantry agent`: claims its pool's jobs and runs them with the local runner |
 //! | [`policy`] | OPA evaluation, policy groups, the `tfrun` input, impact analysis |
 //! | [`cost`] | cost estimates of plans |
 //! | [`drift`] | drift reports |
@@ -33,7 +34,7 @@
 //!
 //! The modules form layers, each importing only from layers below it and never
 //! in a circle: `cli` → `app` → `api`/`queue` → `ingest` → `runs` → `policy` →
-//! `outbox` → `report` → `git`/`runner`/`state` →
+//! `outbox` → `report` → `agent` → `git`/`runner`/`state` → `settings` →
 //! `vcs`/`cost`/`drift`/`planner`/`retention`/`telemetry` →
 //! `store`/`config`/`commands` → `redact`. `tests/layers.rs` checks it; the
 //! store imports no domain module, so the types it persists are its own
