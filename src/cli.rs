@@ -67,7 +67,7 @@ pub enum Command {
     /// Run terraform for an agent pool: claims the pool's jobs from a
     /// replica. The pool's token is read from GANTRY_AGENT_TOKEN (never a flag).
     Agent {
-        /// A replica's base URL, e.g. https://gantry.example.com.
+        /// A replica's base URL, e.g. `https://gantry.example.com`.
         #[arg(long)]
         server: url::Url,
         /// The agent pool (`agent_pools[].name` in the server's config).

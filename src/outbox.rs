@@ -389,7 +389,7 @@ fn drift_text(ws: &Workspace, run: &Run, report: &crate::drift::DriftReport) -> 
     text
 }
 
-/// Delivers reports until the replica drains, up to [`SENDERS`] order keys
+/// Delivers reports until the replica drains, up to `SENDERS` (4) order keys
 /// at once. Then deliveries in flight get [`DRAIN_IN_FLIGHT`], and what is
 /// left is released for another replica or the next start: a shutdown never
 /// waits on VCS retries.

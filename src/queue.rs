@@ -168,7 +168,7 @@ pub async fn reaper(
 const POLICY_SYNC_EVERY: Duration = Duration::from_secs(600);
 
 /// Loads every policy group at start, then keeps them fresh: fetched every
-/// [`POLICY_SYNC_EVERY`] (a push webhook reloads at once), and the sets other
+/// `POLICY_SYNC_EVERY` (a push webhook reloads at once), and the sets other
 /// replicas store are picked up within seconds (`groups::watch`).
 pub async fn policy_sync(policies: Policies, shutdown: CancellationToken) {
     // Listening before the first load, so no change after it is missed.

@@ -2,7 +2,7 @@
 //!
 //! The agent long-polls a replica for a job of its pool
 //! ([`crate::runner::protocol`]), unpacks the source archive it is given
-//! into the job's scratch, runs terraform there with a [`LocalRunner`] (the
+//! into the job's scratch, runs terraform there with a [`LocalRunner`](crate::runner::LocalRunner) (the
 //! same sandbox, clean environment and timeouts as a replica's runs), and
 //! sends back the log as it goes, the plan file and JSON with their sha256,
 //! and the outcome. It never holds a database connection, a VCS credential,
