@@ -150,6 +150,12 @@ fn state_cell(run: &Run) -> &'static str {
 fn result_cell(s: &Section<'_>) -> String {
     let run = s.run;
     let mut cell = match run.state {
+        // An apply whose job waits for an agent says so, before its plan.
+        RunState::Applying if run.waiting_for.is_some() => format!(
+            "waiting for {}. {}",
+            run.waiting_for.as_deref().unwrap_or_default(),
+            run.plan.map(|p| p.to_string()).unwrap_or_default()
+        ),
         RunState::Planned | RunState::NeedsConfirmation | RunState::Applying => {
             run.plan.map(|p| p.to_string()).unwrap_or_default()
         }
@@ -550,6 +556,23 @@ mod tests {
             lock: None,
         };
         assert_eq!(result_cell(&section), "waiting for an agent of pool blue");
+        // An apply waiting for its agent says so too, with the plan it applies.
+        r.state = RunState::Applying;
+        r.plan = Some(crate::store::PlanSummary {
+            add: 1,
+            change: 0,
+            destroy: 0,
+        });
+        let section = Section {
+            run: &r,
+            output: None,
+            lock: None,
+        };
+        let cell = result_cell(&section);
+        assert!(
+            cell.starts_with("waiting for an agent of pool blue. Plan: 1 to add"),
+            "{cell}"
+        );
         // Only while it runs: a finished run's status is its end.
         r.state = RunState::Planned;
         assert!(!status_for(&r, None).description.contains("Waiting"));
