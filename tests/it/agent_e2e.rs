@@ -345,3 +345,53 @@ async fn an_agent_killed_mid_apply_leaves_the_run_interrupted_and_the_workspace_
         app.stop().await;
     }
 }
+
+/// SIGTERM to the agent running an apply (a deploy of the agents): the
+/// apply finishes on that agent, the agent then exits 0, and nothing is
+/// locked; the other agent took nothing.
+#[tokio::test]
+async fn sigterm_to_an_agent_mid_apply_lets_the_apply_finish_then_it_exits() {
+    let env = TestEnv::new(&Db::Sqlite).await;
+    let base = env.origin.initial();
+    let merged =
+        env.origin
+            .merge_standard(base, vec![("dns/main.tf", null_config("dns-v2"))], "Merge");
+    let tf = slow_terraform(&env, "apply", 4);
+    let (app, mut agents) = replica_and_agents(&env, &tf).await;
+    let push = push_payload("main", &base.to_string(), &merged.to_string());
+    assert_eq!(
+        app.send_webhook("push", "e2e-drain-1", &push)
+            .await
+            .status(),
+        202
+    );
+    let id = wait_for_run(&app, "dns", "apply", |_| true).await["id"]
+        .as_i64()
+        .unwrap();
+    let draining = wait_for_step(&app, id, "apply", &agents).await.name;
+    let at = agents.iter().position(|a| a.name == draining).unwrap();
+    crate::support::replica::sigterm(&agents[at].child);
+
+    let status =
+        crate::support::replica::exited(&mut agents[at].child, Duration::from_secs(60)).await;
+    assert!(status.success(), "the draining agent exited with {status}");
+    let run = wait_for_run(&app, "dns", "apply", |r| {
+        matches!(r["state"].as_str(), Some("applied" | "errored"))
+    })
+    .await;
+    assert_eq!(run["state"], "applied", "{run}");
+    assert_eq!(run["runner"], agents[at].runner(), "{run}");
+    let jobs = agent_jobs(&app, id).await;
+    assert_eq!(
+        jobs,
+        [
+            ("plan", "done".to_string(), 1),
+            ("apply", "done".to_string(), 1)
+        ],
+        "{jobs:?}"
+    );
+    let dns = app.workspace("dns").await;
+    assert!(dns["lock"].is_null(), "{dns}");
+    drop(agents);
+    app.stop().await;
+}
