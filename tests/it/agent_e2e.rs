@@ -285,31 +285,62 @@ async fn an_agent_killed_mid_plan_has_its_plan_finished_by_the_other() {
     }
 }
 
+/// A merge of a `dns` change pushed to the replica, with two blue agents
+/// whose applies take `apply_secs`, once an agent has started terraform's
+/// apply of it.
+struct MergeOnAgents {
+    app: TestApp,
+    agents: [Agent; 2],
+    merged: git2::Oid,
+    /// The apply run.
+    id: i64,
+    /// Which agent is applying.
+    applying: usize,
+}
+
+async fn merge_applying_on_an_agent(
+    env: &TestEnv,
+    apply_secs: u32,
+    delivery: &str,
+) -> MergeOnAgents {
+    let base = env.origin.initial();
+    let merged =
+        env.origin
+            .merge_standard(base, vec![("dns/main.tf", null_config("dns-v2"))], "Merge");
+    env.github.set_commit_pr(&merged.to_string(), 7);
+    let tf = slow_terraform(env, "apply", apply_secs);
+    let (app, agents) = replica_and_agents(env, &tf).await;
+    let push = push_payload("main", &base.to_string(), &merged.to_string());
+    assert_eq!(
+        app.send_webhook("push", delivery, &push).await.status(),
+        202
+    );
+    let id = wait_for_run(&app, "dns", "apply", |_| true).await["id"]
+        .as_i64()
+        .unwrap();
+    let name = wait_for_step(&app, id, "apply", &agents).await.name;
+    let applying = agents.iter().position(|a| a.name == name).unwrap();
+    MergeOnAgents {
+        app,
+        agents,
+        merged,
+        id,
+        applying,
+    }
+}
+
 #[tokio::test]
 async fn an_agent_killed_mid_apply_leaves_the_run_interrupted_and_the_workspace_locked() {
     for db in databases() {
         let env = TestEnv::new(&db).await;
-        let base = env.origin.initial();
-        let merged =
-            env.origin
-                .merge_standard(base, vec![("dns/main.tf", null_config("dns-v2"))], "Merge");
-        env.github.set_commit_pr(&merged.to_string(), 7);
-        let tf = slow_terraform(&env, "apply", 8);
-        let (app, mut agents) = replica_and_agents(&env, &tf).await;
-        let push = push_payload("main", &base.to_string(), &merged.to_string());
-        assert_eq!(
-            app.send_webhook("push", "e2e-apply-1", &push)
-                .await
-                .status(),
-            202
-        );
-        let id = wait_for_run(&app, "dns", "apply", |_| true).await["id"]
-            .as_i64()
-            .unwrap();
-
-        let victim = wait_for_step(&app, id, "apply", &agents).await.name;
-        let killed = agents.iter().position(|a| a.name == victim).unwrap();
-        kill(&mut agents[killed].child);
+        let MergeOnAgents {
+            app,
+            mut agents,
+            merged,
+            id,
+            applying,
+        } = merge_applying_on_an_agent(&env, 8, "e2e-apply-1").await;
+        kill(&mut agents[applying].child);
 
         let run = wait_for_run(&app, "dns", "apply", |r| r["state"] == "errored").await;
         assert_eq!(run["id"], id);
@@ -352,24 +383,13 @@ async fn an_agent_killed_mid_apply_leaves_the_run_interrupted_and_the_workspace_
 #[tokio::test]
 async fn sigterm_to_an_agent_mid_apply_lets_the_apply_finish_then_it_exits() {
     let env = TestEnv::new(&Db::Sqlite).await;
-    let base = env.origin.initial();
-    let merged =
-        env.origin
-            .merge_standard(base, vec![("dns/main.tf", null_config("dns-v2"))], "Merge");
-    let tf = slow_terraform(&env, "apply", 4);
-    let (app, mut agents) = replica_and_agents(&env, &tf).await;
-    let push = push_payload("main", &base.to_string(), &merged.to_string());
-    assert_eq!(
-        app.send_webhook("push", "e2e-drain-1", &push)
-            .await
-            .status(),
-        202
-    );
-    let id = wait_for_run(&app, "dns", "apply", |_| true).await["id"]
-        .as_i64()
-        .unwrap();
-    let draining = wait_for_step(&app, id, "apply", &agents).await.name;
-    let at = agents.iter().position(|a| a.name == draining).unwrap();
+    let MergeOnAgents {
+        app,
+        mut agents,
+        id,
+        applying: at,
+        ..
+    } = merge_applying_on_an_agent(&env, 4, "e2e-drain-1").await;
     crate::support::replica::sigterm(&agents[at].child);
 
     let status =
