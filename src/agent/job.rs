@@ -250,20 +250,7 @@ fn failure(e: RunnerError) -> Outcome {
 /// environment (never in a file of the checkout or in the saved plan).
 fn backend_env(client: &Client, backend: &Backend) -> BackendConfig {
     let address = client.server_url(&backend.path);
-    let var = |name: &str, value: &str, sensitive| EnvVar {
-        name: name.into(),
-        value: value.into(),
-        sensitive,
-    };
-    BackendConfig {
-        env: vec![
-            var("TF_HTTP_ADDRESS", &address, false),
-            var("TF_HTTP_LOCK_ADDRESS", &address, false),
-            var("TF_HTTP_UNLOCK_ADDRESS", &address, false),
-            var("TF_HTTP_USERNAME", &backend.username, false),
-            var("TF_HTTP_PASSWORD", &backend.password, true),
-        ],
-    }
+    BackendConfig::http(&address, &backend.username, &backend.password)
 }
 
 /// Renews the lease every `every` while the job runs; stops terraform on a

@@ -170,6 +170,29 @@ pub struct BackendConfig {
     pub env: Vec<EnvVar>,
 }
 
+impl BackendConfig {
+    /// gantry's `http` state backend at `address` (also the lock and unlock
+    /// address), with a run-scoped token as the password: terraform reads it
+    /// all from the environment, so the token is in no file of the checkout
+    /// and in no saved plan.
+    pub fn http(address: &str, username: &str, password: &str) -> BackendConfig {
+        let var = |name: &str, value: &str, sensitive| EnvVar {
+            name: name.into(),
+            value: value.into(),
+            sensitive,
+        };
+        BackendConfig {
+            env: vec![
+                var("TF_HTTP_ADDRESS", address, false),
+                var("TF_HTTP_LOCK_ADDRESS", address, false),
+                var("TF_HTTP_UNLOCK_ADDRESS", address, false),
+                var("TF_HTTP_USERNAME", username, false),
+                var("TF_HTTP_PASSWORD", password, true),
+            ],
+        }
+    }
+}
+
 /// One terraform job: everything a runner, local or remote, is told.
 #[derive(Debug, Clone)]
 pub struct JobSpec {

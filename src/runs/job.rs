@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::config::{Config, Workspace};
 use crate::git::Mirror;
-use crate::runner::{BackendConfig, EnvVar, JobPhase, JobSpec, LocalRunner, RemoteRunner};
+use crate::runner::{BackendConfig, JobPhase, JobSpec, LocalRunner, RemoteRunner};
 use crate::runner::{RunDirs, Runner};
 use crate::runs::execute::Deps;
 use crate::runs::outcome::Failure;
@@ -179,25 +179,9 @@ pub fn work_dir(config: &Config, run_id: i64) -> PathBuf {
 /// the token is in no file of the checkout and in no saved plan.
 pub fn backend_config(creds: crate::state::RunCredentials) -> BackendConfig {
     use secrecy::ExposeSecret;
-    let address = |name: &str| EnvVar {
-        name: name.into(),
-        value: creds.address.clone(),
-        sensitive: false,
-    };
-    let env = vec![
-        address("TF_HTTP_ADDRESS"),
-        address("TF_HTTP_LOCK_ADDRESS"),
-        address("TF_HTTP_UNLOCK_ADDRESS"),
-        EnvVar {
-            name: "TF_HTTP_USERNAME".into(),
-            value: creds.username,
-            sensitive: false,
-        },
-        EnvVar {
-            name: "TF_HTTP_PASSWORD".into(),
-            value: creds.password.expose_secret().to_string(),
-            sensitive: true,
-        },
-    ];
-    BackendConfig { env }
+    BackendConfig::http(
+        &creds.address,
+        &creds.username,
+        creds.password.expose_secret(),
+    )
 }

@@ -74,6 +74,32 @@ fn run_status_key(run: &Run) -> String {
     )
 }
 
+/// Marks the pending rows of `coalesce_key` superseded (never sent) and
+/// returns the backoff they carried (`not_before`, `attempts`) for the row
+/// that replaces them, so a burst during an outage does not hammer the API.
+async fn supersede_pending(
+    tx: &mut Transaction<'_, Any>,
+    coalesce_key: &str,
+    now: i64,
+) -> StoreResult<(i64, i64)> {
+    let rows = sqlx::query(
+        "UPDATE outbox SET state = 'superseded', done_at = $2
+         WHERE coalesce_key = $1 AND state = 'pending'
+         RETURNING not_before, attempts",
+    )
+    .bind(coalesce_key)
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut carried = (0i64, 0i64);
+    for row in &rows {
+        let not_before: i64 = row.try_get("not_before")?;
+        let attempts: i64 = row.try_get("attempts")?;
+        carried = (carried.0.max(not_before), carried.1.max(attempts));
+    }
+    Ok(carried)
+}
+
 /// Queues, inside the transaction that ended `run` (e.g. reaping it after a
 /// crash), a report rendered from the run when it is delivered: its status
 /// and its comment. So the end of a run is reported even if this process dies
@@ -84,21 +110,7 @@ pub(super) async fn enqueue_run_report(
     now: i64,
 ) -> StoreResult<()> {
     let key = run_status_key(run);
-    let carried = sqlx::query(
-        "UPDATE outbox SET state = 'superseded', done_at = $2
-         WHERE coalesce_key = $1 AND state = 'pending'
-         RETURNING not_before, attempts",
-    )
-    .bind(&key)
-    .bind(now)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut not_before = 0i64;
-    let mut attempts = 0i64;
-    for row in &carried {
-        not_before = not_before.max(row.try_get("not_before")?);
-        attempts = attempts.max(row.try_get("attempts")?);
-    }
+    let (not_before, attempts) = supersede_pending(tx, &key, now).await?;
     sqlx::query(
         "INSERT INTO outbox (kind, order_key, coalesce_key, provider_id, repo, payload, state,
                              attempts, not_before, created_at)
@@ -128,21 +140,7 @@ impl Store {
         // First statement a write (SQLite takes the write lock up front).
         let (not_before, attempts) = match &r.coalesce_key {
             Some(key) => {
-                let rows = sqlx::query(
-                    "UPDATE outbox SET state = 'superseded', done_at = $2
-                     WHERE coalesce_key = $1 AND state = 'pending'
-                     RETURNING not_before, attempts",
-                )
-                .bind(key)
-                .bind(now)
-                .fetch_all(&mut *tx)
-                .await?;
-                let mut carried = (0i64, 0i64);
-                for row in &rows {
-                    let nb: i64 = row.try_get("not_before")?;
-                    let at: i64 = row.try_get("attempts")?;
-                    carried = (carried.0.max(nb), carried.1.max(at));
-                }
+                let carried = supersede_pending(&mut tx, key, now).await?;
                 if r.skip_if_sent {
                     let last: Option<String> = sqlx::query_scalar(
                         "SELECT payload FROM outbox WHERE coalesce_key = $1 AND state IN ('sending', 'sent')

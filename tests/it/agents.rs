@@ -238,15 +238,10 @@ fn spec(app: &TestApp, grant: &JobGrant, phase: JobPhase) -> JobSpec {
         value,
         sensitive,
     };
-    let backend = grant.backend.as_ref().map(|b| BackendConfig {
-        env: vec![
-            var("TF_HTTP_ADDRESS", app.url(&b.path), false),
-            var("TF_HTTP_LOCK_ADDRESS", app.url(&b.path), false),
-            var("TF_HTTP_UNLOCK_ADDRESS", app.url(&b.path), false),
-            var("TF_HTTP_USERNAME", b.username.clone(), false),
-            var("TF_HTTP_PASSWORD", b.password.clone(), true),
-        ],
-    });
+    let backend = grant
+        .backend
+        .as_ref()
+        .map(|b| BackendConfig::http(&app.url(&b.path), &b.username, &b.password));
     JobSpec {
         run_id: grant.run_id,
         workspace: grant.workspace.clone(),
